@@ -1,0 +1,1 @@
+"""asd domain package (see README)."""

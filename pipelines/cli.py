@@ -1,0 +1,126 @@
+"""The `pipelines` command: LightningCLI for fit/validate/test/predict, plus domain verbs.
+
+    pipelines fit --config configs/core/shapes_tiny.yaml --trainer.max_steps 5
+    pipelines validate --config configs/core/shapes_tiny.yaml --ckpt_path runs/shapes_tiny/checkpoints/last.ckpt
+    pipelines data synth shapes --out runs/data/shapes
+    pipelines demo
+
+Domain packages add verbs (`pipelines asd demo VIDEO`) through the `pipelines.verbs` entry-point
+group; a verb is a typed function and jsonargparse builds its parser from the signature.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+# Imported so that configs may use short class names (`class_path: ImageClassifier`).
+import pipelines.data  # noqa: F401
+import pipelines.tasks  # noqa: F401
+from pipelines.callbacks import StopOnNonFiniteLoss
+from pipelines.runs import CHECKPOINT_DIR, fresh_run_dir, run_dir_of_checkpoint
+from pipelines.verbs import dispatch_verb, find_verb, verb_help
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+class PipelinesCLI(LightningCLI):
+    """LightningCLI whose runs land in `runs/<name>/` with CSV + TensorBoard metrics and checkpoints."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--name", type=str | None, default=None,
+                            help="Run name: outputs go to <runs_dir>/<name>/ (default: the config file's stem).")
+        parser.add_argument("--runs_dir", type=str, default="runs", help="Folder holding all run folders.")
+
+    def _run_name(self) -> str:
+        cfg = self.config[self.subcommand]
+        if cfg.get("name"):
+            return cfg["name"]
+        configs = cfg.get("config") or []
+        if configs:
+            return Path(str(configs[-1])).stem
+        model = cfg.get("model")
+        class_path = getattr(model, "class_path", None) or "run"
+        return class_path.rsplit(".", 1)[-1].lower()
+
+    def _choose_run_dir(self) -> Path:
+        cfg = self.config[self.subcommand]
+        ckpt_path = cfg.get("ckpt_path")
+        ckpt_run = run_dir_of_checkpoint(ckpt_path) if ckpt_path else None
+        if self.subcommand == "fit":
+            # Resuming continues the checkpoint's own run; a new fit never reuses an old folder.
+            return ckpt_run or fresh_run_dir(cfg["runs_dir"], self._run_name())
+        return ckpt_run or Path(cfg["runs_dir"]) / self._run_name()
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        self.run_dir = self._choose_run_dir()
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        kwargs.setdefault("default_root_dir", str(self.run_dir))
+        if trainer_cfg.get("logger") in (None, True):
+            if self.subcommand == "fit":
+                save_dir, name, version = self.run_dir.parent, self.run_dir.name, ""
+                kwargs["logger"] = [CSVLogger(save_dir, name=name, version=version),
+                                    TensorBoardLogger(save_dir, name=name, version="tensorboard")]
+            else:
+                kwargs["logger"] = [CSVLogger(self.run_dir, name=self.subcommand)]
+        if self.subcommand != "fit":
+            kwargs["enable_checkpointing"] = False  # evaluation writes no checkpoints
+        callbacks = list(trainer_cfg.get("callbacks") or [])
+        if not any(isinstance(c, StopOnNonFiniteLoss) for c in callbacks):
+            callbacks.append(StopOnNonFiniteLoss())
+        wants_ckpt = trainer_cfg.get("enable_checkpointing", True) is not False
+        if self.subcommand == "fit" and wants_ckpt and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            callbacks.append(ModelCheckpoint(dirpath=self.run_dir / CHECKPOINT_DIR, filename="step{step}",
+                                             auto_insert_metric_name=False, save_last=True))
+        kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
+
+
+def lightning_cli(args: list[str] | None = None, run: bool = True) -> PipelinesCLI:
+    """Build (and by default run) the LightningCLI on `args`; tests and the demo call this directly."""
+    return PipelinesCLI(
+        model_class=L.LightningModule,
+        datamodule_class=L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"parser_mode": "yaml"},
+        args=args,
+        run=run,
+    )
+
+
+USAGE = """usage: pipelines <command> [options]
+
+Training (LightningCLI; each takes --config, --print_config and dotted overrides):
+  fit        train a model from a YAML config
+  validate   evaluate a checkpoint on the validation split
+  test       evaluate a checkpoint on the test split
+  predict    run a checkpoint on the predict split
+"""
+
+
+def main(args: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
+        lightning_cli(argv if args is not None else None)  # None: LightningCLI reads sys.argv itself
+        return
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE + "\n" + verb_help())
+        return
+    verb = find_verb(argv)
+    if verb is None:
+        print(f"pipelines: unknown command {' '.join(argv[:3])!r}\n\n{USAGE}\n{verb_help()}", file=sys.stderr)
+        raise SystemExit(2)
+    dispatch_verb(verb, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Domain verbs beside fit/validate/test/predict, e.g. `pipelines data synth shapes --out DIR`.
+
+A verb is a plain typed function; jsonargparse turns its signature into the parser, so no domain
+writes argument parsing. Domains publish `{"asd demo": fn, ...}` through the `pipelines.verbs`
+entry-point group, which keeps `pipelines` free of domain imports.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from jsonargparse import CLI
+
+ENTRY_POINT_GROUP = "pipelines.verbs"
+
+
+@dataclass(frozen=True)
+class Verb:
+    words: tuple[str, ...]
+    func: Callable
+
+    @property
+    def summary(self) -> str:
+        return (self.func.__doc__ or "").strip().splitlines()[0] if self.func.__doc__ else ""
+
+
+def synth_shapes(out: Path = Path("runs/data/shapes"), n_train: int = 400, n_val: int = 100, image_size: int = 32, seed: int = 0,
+                 overwrite: bool = False) -> None:
+    """Write a synthetic shapes dataset in the image-folder layout (train/ and val/ per class).
+
+    Args:
+        out: Destination folder; refused if it already holds files, unless --overwrite.
+        n_train: Training images (spread evenly over the classes).
+        n_val: Validation images.
+        image_size: Side length in pixels.
+        seed: Random seed; the same seed writes identical files.
+        overwrite: Allow writing into a folder that already has files.
+    """
+    from pipelines.data.synth_shapes import write_shapes_dataset
+
+    refuse_nonempty(out, overwrite)
+    write_shapes_dataset(out, n_train=n_train, n_val=n_val, image_size=image_size, seed=seed)
+    print(f"wrote {n_train} train and {n_val} val images to {out}")
+
+
+def demo(out: Path = Path("runs/demo"), stages: list[str] | None = None) -> None:
+    """Run every pipeline end to end at tiny scale and write <out>/REPORT.md.
+
+    Args:
+        out: Folder for the demo's data, runs and report.
+        stages: Only these stages (default: all installed ones, core first).
+    """
+    from pipelines.demo import run_demo
+
+    run_demo(out, stages)
+
+
+def refuse_nonempty(folder: Path, overwrite: bool) -> None:
+    """Stop before a generator writes into a folder that already holds the user's files."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise SystemExit(f"error: {folder} already exists and is not empty; pass --overwrite or choose another --out")
+
+
+def core_verbs() -> dict[str, Callable]:
+    return {"data synth shapes": synth_shapes, "demo": demo}
+
+
+@cache
+def all_verbs() -> tuple[Verb, ...]:
+    table: dict[str, Callable] = dict(core_verbs())
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            table.update(ep.load()())
+        except Exception as err:  # one broken domain must not take the whole command down
+            print(f"warning: verbs of {ep.name!r} ({ep.value}) failed to load: {err}", file=sys.stderr)
+    return tuple(Verb(tuple(key.split()), func) for key, func in sorted(table.items()))
+
+
+def find_verb(argv: list[str]) -> Verb | None:
+    """The verb whose words are the longest prefix of argv."""
+    matches = [v for v in all_verbs() if tuple(argv[: len(v.words)]) == v.words]
+    return max(matches, key=lambda v: len(v.words), default=None)
+
+
+def dispatch_verb(verb: Verb, argv: list[str]) -> object:
+    return CLI(verb.func, args=argv[len(verb.words):], prog="pipelines " + " ".join(verb.words),
+               as_positional=True)
+
+
+def verb_help() -> str:
+    lines = ["Verbs (each takes --help):"]
+    width = max((len(" ".join(v.words)) for v in all_verbs()), default=0)
+    lines += [f"  {' '.join(v.words):<{width}}  {v.summary}" for v in all_verbs()]
+    return "\n".join(lines)

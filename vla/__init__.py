@@ -1,0 +1,1 @@
+"""vla domain package (see README)."""

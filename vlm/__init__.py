@@ -1,0 +1,1 @@
+"""vlm domain package (see README)."""
