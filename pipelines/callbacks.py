@@ -12,17 +12,16 @@ class NonFiniteLossError(RuntimeError):
 
 
 class StopOnNonFiniteLoss(L.Callback):
-    """Stop at the first NaN/inf training loss with a message naming the step.
+    """Stop at the first NaN/inf training loss, before its backward pass, naming the step.
 
-    Without this a NaN silently poisons the weights and the next checkpoint overwrites `last.ckpt`.
+    Without this a NaN silently poisons the weights and the next checkpoint overwrites `last.ckpt`;
+    checking before backward means not even the in-memory weights take the bad update.
     """
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None and not math.isfinite(float(loss)):
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss) -> None:
+        value = float(loss.detach())
+        if not math.isfinite(value):
             raise NonFiniteLossError(
-                f"training loss is {float(loss)} at global step {trainer.global_step} (epoch {trainer.current_epoch}, "
-                f"batch {batch_idx}); lower the learning rate or check the data. Checkpoints saved before this "
-                "step are intact."
+                f"training loss is {value} at global step {trainer.global_step} (epoch {trainer.current_epoch}); "
+                "lower the learning rate or check the data. Checkpoints saved before this step are intact."
             )

@@ -11,6 +11,7 @@ group; a verb is a typed function and jsonargparse builds its parser from the si
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,16 +19,19 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 
 # Imported so that configs may use short class names (`class_path: ImageClassifier`).
 import pipelines.data  # noqa: F401
 import pipelines.tasks  # noqa: F401
-from pipelines.callbacks import StopOnNonFiniteLoss
+from pipelines.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
+from pipelines.data.errors import DataError
+from pipelines.loggers import ResumableCSVLogger
 from pipelines.runs import CHECKPOINT_DIR, fresh_run_dir, run_dir_of_checkpoint
 from pipelines.verbs import dispatch_verb, find_verb, verb_help
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+USER_ERRORS = (DataError, FileNotFoundError, FileExistsError, NonFiniteLossError)
 
 
 class PipelinesCLI(LightningCLI):
@@ -65,10 +69,10 @@ class PipelinesCLI(LightningCLI):
         if trainer_cfg.get("logger") in (None, True):
             if self.subcommand == "fit":
                 save_dir, name, version = self.run_dir.parent, self.run_dir.name, ""
-                kwargs["logger"] = [CSVLogger(save_dir, name=name, version=version),
+                kwargs["logger"] = [ResumableCSVLogger(save_dir, name=name, version=version),
                                     TensorBoardLogger(save_dir, name=name, version="tensorboard")]
             else:
-                kwargs["logger"] = [CSVLogger(self.run_dir, name=self.subcommand)]
+                kwargs["logger"] = [ResumableCSVLogger(self.run_dir, name=self.subcommand)]
         if self.subcommand != "fit":
             kwargs["enable_checkpointing"] = False  # evaluation writes no checkpoints
         callbacks = list(trainer_cfg.get("callbacks") or [])
@@ -109,8 +113,19 @@ Training (LightningCLI; each takes --config, --print_config and dotted overrides
 
 def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
+    try:
+        _run(argv, from_sys_argv=args is None)
+    except USER_ERRORS as err:
+        if os.environ.get("PIPELINES_DEBUG"):
+            raise
+        # Bad input is the user's to fix, not ours to debug: one line naming the problem, no traceback.
+        print(f"error: {err}\n(set PIPELINES_DEBUG=1 for the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _run(argv: list[str], from_sys_argv: bool) -> None:
     if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
-        lightning_cli(argv if args is not None else None)  # None: LightningCLI reads sys.argv itself
+        lightning_cli(None if from_sys_argv else argv)  # None: LightningCLI reads sys.argv itself
         return
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE + "\n" + verb_help())

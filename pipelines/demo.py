@@ -8,9 +8,10 @@ defaults and returns its part of the report (a table and links to plots it wrote
 from __future__ import annotations
 
 import csv
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -21,6 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 class DemoSection:
     title: str
     body: str  # markdown: tables and image links relative to the report
+    metrics: dict[str, float] = field(default_factory=dict)  # headline numbers, also saved as JSON
 
 
 def shipped_config(relative: str) -> Path:
@@ -66,7 +68,7 @@ def core_stage(out: Path) -> DemoSection:
     start = time.perf_counter()
     fit = lightning_cli(["fit", *common, "--name", "shapes"])
     fit_seconds = time.perf_counter() - start
-    run_dir = Path(fit.trainer.log_dir)
+    run_dir = fit.run_dir
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     val = lightning_cli(["validate", *common, "--ckpt_path", str(ckpt)])
     val_metrics = {k: float(v) for k, v in val.trainer.callback_metrics.items()}
@@ -92,7 +94,9 @@ def core_stage(out: Path) -> DemoSection:
     )
     body = (f"`pipelines fit --config configs/core/shapes_tiny.yaml` → run folder `{run_dir}`, then "
             f"`pipelines validate` on `{ckpt.name}`. Chance is 0.25.\n\n{table}\n\n![curves]({plot.name})\n")
-    return DemoSection("Core: image classifier on synthetic shapes", body)
+    return DemoSection("Core: image classifier on synthetic shapes", body,
+                       {"val_acc": val_metrics["val/acc"], "val_loss": val_metrics["val/loss"],
+                        "train_seconds": fit_seconds})
 
 
 def demo_stages() -> dict[str, Callable[[Path], DemoSection]]:
@@ -122,5 +126,7 @@ def run_demo(out: Path, only: list[str] | None = None) -> Path:
     for section in sections:
         parts += [f"## {section.title}", "", section.body, ""]
     report.write_text("\n".join(parts))
+    summary = {name: {**asdict(sec), "seconds": t[1]} for name, sec, t in zip(chosen, sections, timings, strict=True)}
+    (out / "demo_metrics.json").write_text(json.dumps(summary, indent=2))
     print(f"\nwrote {report}")
     return report

@@ -54,7 +54,7 @@ class BaseDataModule(L.LightningDataModule):
         return torch.utils.data.default_collate(samples)
 
     def setup(self, stage: str | None = None) -> None:
-        for split in STAGE_SPLITS.get(stage or "fit", SPLITS):
+        for split in STAGE_SPLITS.get(stage or "fit", ()):
             if split not in self.datasets:
                 self.datasets[split] = self.build_dataset(split)
 

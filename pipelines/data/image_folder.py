@@ -38,19 +38,32 @@ class ImageFolderDataModule(BaseDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.root = Path(root)
         self.image_size, self.grayscale, self.val_fraction = image_size, grayscale, val_fraction
-        if not self.root.is_dir():
-            raise FileNotFoundError(
-                f"image folder not found: {self.root} (make a synthetic one with "
-                f"`pipelines data synth shapes --out {self.root}`)"
-            )
-        self.has_split_folders = (self.root / "train").is_dir()
-        self.classes = scan_image_folder(self.root / "train" if self.has_split_folders else self.root)[2]
+        self.classes: list[str] | None = None  # read from disk in setup(), not at config time
 
     @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+    def has_split_folders(self) -> bool:
+        return (self.root / "train").is_dir()
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.classes is None else len(self.classes)
+
+    def _scan_classes(self) -> list[str]:
+        if self.classes is None:
+            if not self.root.is_dir():
+                raise FileNotFoundError(
+                    f"image folder not found: {self.root} (make a synthetic one with "
+                    f"`pipelines data synth shapes --out {self.root}`)"
+                )
+            self.classes = scan_image_folder(self.root / "train" if self.has_split_folders else self.root)[2]
+        return self.classes
+
+    def setup(self, stage: str | None = None) -> None:
+        self._scan_classes()  # before the model's setup(), which checks the class count
+        super().setup(stage)
 
     def build_dataset(self, split: str) -> ImageFolderDataset:
+        self._scan_classes()
         if self.has_split_folders:
             folder = self.root / ("val" if split == "predict" else split)
             paths, labels, classes = scan_image_folder(folder)
