@@ -11,8 +11,10 @@ group; a verb is a typed function and jsonargparse builds its parser from the si
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,12 @@ from pipelines.data.errors import DataError
 from pipelines.loggers import ResumableCSVLogger
 from pipelines.runs import CHECKPOINT_DIR, fresh_run_dir, run_dir_of_checkpoint
 from pipelines.verbs import dispatch_verb, find_verb, verb_help
+
+# Lightning advertises cloud services on every run, and warns about the args/sys.argv pairing and
+# ModelCheckpoint state when an evaluation loads a checkpoint; none of it is actionable here.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: not str(r.msg).startswith("💡"))
+warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be provided.*")
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 USER_ERRORS = (DataError, FileNotFoundError, FileExistsError, NonFiniteLossError)
