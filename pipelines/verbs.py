@@ -60,6 +60,42 @@ def demo(out: Path = Path("runs/demo"), stages: list[str] | None = None) -> None
     run_demo(out, stages)
 
 
+def lm_generate(*, prompt: str, model: Path | None = None, max_new_tokens: int = 128, temperature: float = 0.0,
+                top_p: float = 1.0, seed: int = 0, system: str | None = None, raw: bool = False) -> str:
+    """Answer a prompt with a language model (default: the bundled SmolLM2-135M-Instruct), greedy by default.
+
+    Args:
+        prompt: The user's message (or the whole text with --raw).
+        model: A .gguf file or a folder saved by `save_decoder` (default: the bundled SmolLM2 GGUF).
+        max_new_tokens: Upper bound on generated tokens.
+        temperature: 0 for greedy decoding; above 0 samples.
+        top_p: Nucleus mass kept when sampling.
+        seed: Sampling seed.
+        system: Optional system message for the chat template.
+        raw: Feed the prompt as is, without the chat template.
+    """
+    import torch
+
+    from pipelines.nn.checkpoint import load_language_model
+    from pipelines.nn.generate import generate
+
+    decoder, tokenizer = load_language_model(model)
+    if raw:
+        text = prompt
+    else:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    stop = [i for i in (tokenizer.eos_id, tokenizer.tokenizer.token_to_id("<|im_end|>")) if i is not None]
+    torch.manual_seed(seed)
+    result = generate(decoder, [tokenizer.encode(text)], max_new_tokens=max_new_tokens,
+                      pad_id=tokenizer.pad_id or 0, stop_ids=stop, temperature=temperature, top_p=top_p, seed=seed)
+    answer = tokenizer.decode(result.tokens[0])
+    print(answer)
+    print(f"[{result.new_tokens} tokens in {result.seconds:.2f} s = {result.tokens_per_second:.1f} tokens/s]",
+          file=sys.stderr)
+    return answer
+
+
 def refuse_nonempty(folder: Path, overwrite: bool) -> None:
     """Stop before a generator writes into a folder that already holds the user's files."""
     folder = Path(folder)
@@ -68,7 +104,7 @@ def refuse_nonempty(folder: Path, overwrite: bool) -> None:
 
 
 def core_verbs() -> dict[str, Callable]:
-    return {"data synth shapes": synth_shapes, "demo": demo}
+    return {"data synth shapes": synth_shapes, "demo": demo, "lm generate": lm_generate}
 
 
 @cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -18,8 +19,9 @@ class TextTokenizer:
     """
 
     def __init__(self, tokenizer: Tokenizer, bos_token: str | None = None, eos_token: str | None = None,
-                 pad_token: str | None = None) -> None:
+                 pad_token: str | None = None, chat_template: str | None = None) -> None:
         self.tokenizer = tokenizer
+        self.chat_template = chat_template
         self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
         self.bos_id = self._id_of(bos_token)
         self.eos_id = self._id_of(eos_token)
@@ -54,6 +56,25 @@ class TextTokenizer:
         except Exception as err:  # tokenizers raises a bare Exception on malformed JSON
             raise DataError(f"cannot load tokenizer {path}: {err}") from err
         return cls(tok, **special)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """tokenizer.json plus tokenizer_config.json (special tokens, chat template) in `folder`."""
+        folder = Path(folder)
+        self.save(folder / "tokenizer.json")
+        config = {"bos_token": self.bos_token, "eos_token": self.eos_token, "pad_token": self.pad_token,
+                  "chat_template": self.chat_template}
+        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> TextTokenizer:
+        folder = Path(folder)
+        config_path = require_file(folder / "tokenizer_config.json", "tokenizer config")
+        try:
+            config = json.loads(config_path.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{config_path} is not valid JSON: {err}") from err
+        return cls.from_file(folder / "tokenizer.json", **config)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -94,6 +115,22 @@ class TextTokenizer:
             ids[row, span] = torch.tensor(seq, dtype=torch.long)
             mask[row, span] = True
         return ids, mask
+
+    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """Render a conversation with the model's own Jinja chat template, as Hugging Face does."""
+        if not self.chat_template:
+            raise DataError("this tokenizer has no chat template")
+        from jinja2.exceptions import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message: str) -> None:
+            raise TemplateError(message)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = raise_exception
+        return env.from_string(self.chat_template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token or "", eos_token=self.eos_token or "")
 
     @staticmethod
     def _require(token_id: int | None, name: str) -> int:

@@ -13,6 +13,40 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class KVCache:
+    """Keys/values of every layer for the tokens seen so far, preallocated to `max_len`.
+
+    A forward pass appends a block of T tokens to every layer (`update`), then the caller commits
+    them with `advance(T)`. `truncate(n)` rolls uncommitted or rejected entries back, which
+    speculative and block-diffusion decoding need when a drafted block is revised.
+    """
+
+    def __init__(self, n_layers: int, batch: int, n_kv_heads: int, head_dim: int, max_len: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+        self.length = 0  # committed tokens
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k/v [B, kvh, T, d] after the committed tokens; return all keys/values incl. them."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} tokens > max_len={self.max_len}")
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def truncate(self, length: int) -> None:
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} tokens to {length}")
+        self.length = length
+
+
 @dataclass
 class TransformerConfig:
     dim: int = 64
@@ -86,14 +120,21 @@ class Attention(nn.Module):
         mask: torch.Tensor | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         is_causal: bool = False,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
     ) -> torch.Tensor:
-        """x [B, T, dim]; mask broadcastable to [B, H, T, T], True = may attend; rope = (cos, sin)."""
+        """x [B, T, dim]; mask broadcastable to [B, H, T, S], True = may attend; rope = (cos, sin).
+
+        With a cache, the new keys/values are appended after the cached ones and S = cached + T.
+        """
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)
         if mask is not None and is_causal:
             raise ValueError("pass either an explicit mask or is_causal=True, not both")
         out = F.scaled_dot_product_attention(
@@ -129,6 +170,8 @@ class TransformerBlock(nn.Module):
         mask: torch.Tensor | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         is_causal: bool = False,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), mask=mask, rope=rope, is_causal=is_causal)
+        x = x + self.attn(self.attn_norm(x), mask=mask, rope=rope, is_causal=is_causal, kv_cache=kv_cache, layer=layer)
         return x + self.mlp(self.mlp_norm(x))
