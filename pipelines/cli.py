@@ -43,15 +43,38 @@ USER_ERRORS = (DataError, FileNotFoundError, FileExistsError, NonFiniteLossError
 
 
 class PipelinesCLI(LightningCLI):
-    """LightningCLI whose runs land in `runs/<name>/` with CSV + TensorBoard metrics and checkpoints."""
+    """LightningCLI whose runs land in `runs/<name>/` with CSV + TensorBoard metrics and checkpoints.
+
+    `run_dir`, `trainer_overrides` and `extra_callbacks` let a launcher (Ray Train) fix the run
+    folder for every worker and swap in its strategy/plugins without touching the user's YAML.
+    """
+
+    def __init__(self, *args: Any, run_dir: Path | None = None, trainer_overrides: dict[str, Any] | None = None,
+                 extra_callbacks: list | None = None, parse_only: bool = False, **kwargs: Any) -> None:
+        self.parse_only = parse_only
+        self.forced_run_dir = Path(run_dir) if run_dir is not None else None
+        self.trainer_overrides = dict(trainer_overrides or {})
+        self.extra_callbacks = list(extra_callbacks or [])
+        super().__init__(*args, **kwargs)
+
+    @property
+    def stage(self) -> str:
+        return self.subcommand or "fit"  # run=False (Ray workers) means fit
+
+    def _sub_config(self):
+        return self.config[self.subcommand] if self.subcommand else self.config
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--name", type=str | None, default=None,
                             help="Run name: outputs go to <runs_dir>/<name>/ (default: the config file's stem).")
         parser.add_argument("--runs_dir", type=str, default="runs", help="Folder holding all run folders.")
 
-    def _run_name(self) -> str:
-        cfg = self.config[self.subcommand]
+    def instantiate_classes(self) -> None:
+        if not self.parse_only:  # parse_only: check the config and resolve names without building anything
+            super().instantiate_classes()
+
+    def run_name(self) -> str:
+        cfg = self._sub_config()
         if cfg.get("name"):
             return cfg["name"]
         configs = cfg.get("config") or []
@@ -62,41 +85,48 @@ class PipelinesCLI(LightningCLI):
         return class_path.rsplit(".", 1)[-1].lower()
 
     def _choose_run_dir(self) -> Path:
-        cfg = self.config[self.subcommand]
+        if self.forced_run_dir is not None:
+            return self.forced_run_dir
+        cfg = self._sub_config()
         ckpt_path = cfg.get("ckpt_path")
         ckpt_run = run_dir_of_checkpoint(ckpt_path) if ckpt_path else None
-        if self.subcommand == "fit":
+        if self.stage == "fit":
             # Resuming continues the checkpoint's own run; a new fit never reuses an old folder.
-            return ckpt_run or fresh_run_dir(cfg["runs_dir"], self._run_name())
-        return ckpt_run or Path(cfg["runs_dir"]) / self._run_name()
+            return ckpt_run or fresh_run_dir(cfg["runs_dir"], self.run_name())
+        return ckpt_run or Path(cfg["runs_dir"]) / self.run_name()
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         self.run_dir = self._choose_run_dir()
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         kwargs.setdefault("default_root_dir", str(self.run_dir))
         if trainer_cfg.get("logger") in (None, True):
-            if self.subcommand == "fit":
+            if self.stage == "fit":
                 save_dir, name, version = self.run_dir.parent, self.run_dir.name, ""
                 kwargs["logger"] = [ResumableCSVLogger(save_dir, name=name, version=version),
                                     TensorBoardLogger(save_dir, name=name, version="tensorboard")]
             else:
-                kwargs["logger"] = [ResumableCSVLogger(self.run_dir, name=self.subcommand)]
-        if self.subcommand != "fit":
+                kwargs["logger"] = [ResumableCSVLogger(self.run_dir, name=self.stage)]
+        if self.stage != "fit":
             kwargs["enable_checkpointing"] = False  # evaluation writes no checkpoints
         callbacks = list(trainer_cfg.get("callbacks") or [])
         if not any(isinstance(c, StopOnNonFiniteLoss) for c in callbacks):
             callbacks.append(StopOnNonFiniteLoss())
         wants_ckpt = trainer_cfg.get("enable_checkpointing", True) is not False
-        if self.subcommand == "fit" and wants_ckpt and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        if self.stage == "fit" and wants_ckpt and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks.append(ModelCheckpoint(dirpath=self.run_dir / CHECKPOINT_DIR, filename="step{step}",
                                              auto_insert_metric_name=False, save_last=True))
-        kwargs["callbacks"] = callbacks
+        kwargs["callbacks"] = callbacks + self.extra_callbacks
+        kwargs.update(self.trainer_overrides)
         return super().instantiate_trainer(**kwargs)
 
 
-def lightning_cli(args: list[str] | None = None, run: bool = True) -> PipelinesCLI:
-    """Build (and by default run) the LightningCLI on `args`; tests and the demo call this directly."""
+def lightning_cli(args: list[str] | None = None, run: bool = True, **launcher: Any) -> PipelinesCLI:
+    """Build (and by default run) the LightningCLI on `args`; tests, the demo and Ray workers call this.
+
+    With run=False, `args` hold no subcommand and the objects are only built (a fit config).
+    """
     return PipelinesCLI(
+        **launcher,
         model_class=L.LightningModule,
         datamodule_class=L.LightningDataModule,
         subclass_mode_model=True,

@@ -96,6 +96,16 @@ def lm_generate(*, prompt: str, model: Path | None = None, max_new_tokens: int =
     return answer
 
 
+def ray_fit(argv: list[str]) -> None:
+    """Train a `pipelines fit` YAML with Ray Train, locally or on a cluster (--num-workers N, --address ADDR)."""
+    from pipelines.distributed.ray_fit import ray_fit_verb
+
+    ray_fit_verb(argv)
+
+
+ray_fit.takes_argv = True  # its options pass through to LightningCLI, so it parses its own argv
+
+
 def refuse_nonempty(folder: Path, overwrite: bool) -> None:
     """Stop before a generator writes into a folder that already holds the user's files."""
     folder = Path(folder)
@@ -104,7 +114,7 @@ def refuse_nonempty(folder: Path, overwrite: bool) -> None:
 
 
 def core_verbs() -> dict[str, Callable]:
-    return {"data synth shapes": synth_shapes, "demo": demo, "lm generate": lm_generate}
+    return {"data synth shapes": synth_shapes, "demo": demo, "lm generate": lm_generate, "ray fit": ray_fit}
 
 
 @cache
@@ -125,6 +135,8 @@ def find_verb(argv: list[str]) -> Verb | None:
 
 
 def dispatch_verb(verb: Verb, argv: list[str]) -> object:
+    if getattr(verb.func, "takes_argv", False):
+        return verb.func(argv[len(verb.words):])
     return CLI(verb.func, args=argv[len(verb.words):], prog="pipelines " + " ".join(verb.words),
                as_positional=True)
 

@@ -36,9 +36,11 @@ class ImageClassifier(L.LightningModule):
         loss = F.cross_entropy(logits, labels)
         acc = (logits.argmax(-1) == labels).float().mean()
         on_step = split == "train"
-        self.log(f"{split}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(labels))
+        # sync_dist: under DDP each rank sees a shard; epoch metrics are averaged over all ranks.
+        self.log(f"{split}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(labels),
+                 sync_dist=True)
         self.log(f"{split}/acc", acc, prog_bar=split != "train", on_step=on_step, on_epoch=True,
-                 batch_size=len(labels))
+                 batch_size=len(labels), sync_dist=True)
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
