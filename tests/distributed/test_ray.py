@@ -94,15 +94,35 @@ def test_worker_dying_mid_episode_reruns_it_exactly_once(tmp_path):
     assert sorted(r["attempts"] for r in rows) == [1] * (len(JOBS) - 1) + [2]  # the crashed episode, run twice
 
 
-def test_killing_an_actor_loses_no_episode():
+class SignallingEnv(ToyReachEnv):
+    """Slow episodes that announce seed 5's start through a file, so a test can kill mid-episode."""
+
+    def __init__(self, task, signal):
+        super().__init__(task, step_cost_s=0.004, stop_on_success=False)
+        self.signal = signal
+
+    def reset(self, seed=None):
+        if seed == 5:
+            self.signal.touch()
+        return super().reset(seed)
+
+
+def test_killing_actors_mid_episode_loses_no_episode(tmp_path):
+    signal = tmp_path / "seed5-started"
     jobs = [RolloutJob("t", seed) for seed in range(16)]
-    slow = functools.partial(ToyReachEnv, step_cost_s=0.004, stop_on_success=False)
-    with RolloutPool(slow, ToyPolicy, num_workers=2, max_steps=30) as pool:
-        killer = threading.Timer(0.6, lambda: ray.kill(pool.workers[0], no_restart=False))
+    with RolloutPool(functools.partial(SignallingEnv, signal=signal), ToyPolicy, num_workers=2, max_steps=30) as pool:
+        def kill_when_signalled():
+            deadline = time.time() + 60
+            while not signal.exists() and time.time() < deadline:
+                time.sleep(0.005)
+            for worker in pool.workers:  # both are mid-episode: 10 of 16 jobs are still to run
+                ray.kill(worker, no_restart=False)
+
+        killer = threading.Thread(target=kill_when_signalled)
         killer.start()
         rows = pool.run(jobs, {"gain": 0.4}, progress=False)
         killer.join()
-    assert [r["seed"] for r in rows] == list(range(16))
+    assert [r["seed"] for r in rows] == list(range(16))  # every job exactly once
     assert any(r["attempts"] > 1 for r in rows)
 
 
