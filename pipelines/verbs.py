@@ -106,6 +106,26 @@ def ray_fit(argv: list[str]) -> None:
 ray_fit.takes_argv = True  # its options pass through to LightningCLI, so it parses its own argv
 
 
+def compress_lossless(*, ckpt: Path, out: Path, overwrite: bool = False) -> None:
+    """Losslessly compress a checkpoint (.safetensors/.ckpt → .enec), or restore one (.enec → .safetensors).
+
+    Args:
+        ckpt: Input checkpoint; a .enec input is decompressed, anything else compressed.
+        out: Output file (.enec when compressing, .safetensors when decompressing).
+        overwrite: Replace `out` if it exists.
+    """
+    from pipelines.compress.lossless_checkpoint import compress_checkpoint, decompress_checkpoint
+
+    if Path(ckpt).suffix == ".enec":
+        stats = decompress_checkpoint(ckpt, out, overwrite)
+        print(f"restored {stats['tensors']} tensors ({stats['bytes'] / 2**20:.1f} MiB) to {out} "
+              f"in {stats['seconds']:.1f} s")
+    else:
+        stats = compress_checkpoint(ckpt, out, overwrite)
+        print(f"{stats['tensors']} tensors: {stats['raw_bytes'] / 2**20:.1f} MiB → "
+              f"{stats['compressed_bytes'] / 2**20:.1f} MiB (ratio {stats['ratio']:.3f}) in {stats['seconds']:.1f} s")
+
+
 def refuse_nonempty(folder: Path, overwrite: bool) -> None:
     """Stop before a generator writes into a folder that already holds the user's files."""
     folder = Path(folder)
@@ -114,7 +134,8 @@ def refuse_nonempty(folder: Path, overwrite: bool) -> None:
 
 
 def core_verbs() -> dict[str, Callable]:
-    return {"data synth shapes": synth_shapes, "demo": demo, "lm generate": lm_generate, "ray fit": ray_fit}
+    return {"data synth shapes": synth_shapes, "demo": demo, "lm generate": lm_generate, "ray fit": ray_fit,
+            "compress lossless": compress_lossless}
 
 
 @cache

@@ -14,6 +14,7 @@ from pipelines.data.text import TextTokenizer
 from pipelines.nn.decoder import Decoder, DecoderConfig
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
+COMPRESSED_WEIGHTS = "model.enec"  # the same weights through the lossless codec
 
 
 def save_decoder(folder: str | Path, model: Decoder, tokenizer: TextTokenizer | None = None,
@@ -38,11 +39,17 @@ def load_decoder(folder: str | Path, dtype: torch.dtype = torch.float32) -> Deco
         config = DecoderConfig(**json.loads(config_path.read_text()))
     except (json.JSONDecodeError, TypeError) as err:
         raise DataError(f"{config_path} is not a decoder config: {err}") from err
-    weights = require_file(folder / WEIGHTS, "decoder weights")
-    try:
-        state = load_file(str(weights))
-    except Exception as err:  # safetensors raises SafetensorError on a truncated or foreign file
-        raise DataError(f"cannot read {weights}: {err}") from err
+    compressed = folder / COMPRESSED_WEIGHTS
+    if compressed.is_file() and not (folder / WEIGHTS).is_file():  # `pipelines compress lossless` output
+        from pipelines.compress.lossless_checkpoint import load_compressed
+
+        weights, state = compressed, load_compressed(compressed)
+    else:
+        weights = require_file(folder / WEIGHTS, "decoder weights")
+        try:
+            state = load_file(str(weights))
+        except Exception as err:  # safetensors raises SafetensorError on a truncated or foreign file
+            raise DataError(f"cannot read {weights}: {err}") from err
     model = Decoder(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (config.tie_embeddings and k == "lm_head.weight")]
