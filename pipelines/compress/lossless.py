@@ -307,6 +307,19 @@ def _check_crc(values: np.ndarray, expected: int) -> None:
         raise CodecError("ENEC data checksum mismatch: the stream is corrupt")
 
 
+CHUNK_BLOCKS = 256  # blocks decoded together on one thread: 128K values, small enough to stay in cache
+PARALLEL_CHUNK_BLOCKS = 2048  # on two threads, larger chunks: fewer GIL hand-overs between NumPy calls
+PARALLEL_MIN = 1 << 19  # below ~512K values a second thread costs more than it saves
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(2, thread_name_prefix="enec")
+    return _POOL
+
+
 def _decode_float(parts: list[np.ndarray], fmt: FloatFormat, n: int, threads: int) -> np.ndarray:
     width_bytes, base, counts, payload, outliers, signman = parts
     n_blocks = -(-n // BLOCK)
@@ -314,45 +327,45 @@ def _decode_float(parts: list[np.ndarray], fmt: FloatFormat, n: int, threads: in
     counts = counts.view("<u2")
     if base.size != n_blocks or counts.size != n_blocks or np.any(widths > fmt.exp_bits):
         raise ValueError("block tables do not match the element count")
-    exp = np.empty((n_blocks, BLOCK), np.uint8)
-    # Work items: (rows, payload slice, outlier slice), two per width class so both cores share it.
-    items, pay_at, out_at = [], 0, 0
-    for rows in _width_classes(widths):
-        w = int(widths[rows[0]])
-        for part in np.array_split(rows, max(threads, 1)) if rows.size >= 2 * threads else [rows]:
-            if not part.size:
-                continue
-            pay_len, esc_len = part.size * w * (BLOCK // 8), int(counts[part].sum())
-            items.append((part, w, pay_at, pay_len, out_at, esc_len))
-            pay_at, out_at = pay_at + pay_len, out_at + esc_len
-    if pay_at != payload.size or out_at != outliers.size:
+    # Where each block's codes and outliers start: prefix sums in storage (width-class) order.
+    order = np.argsort(widths, kind="stable")
+    byte_at, escape_at = np.empty(n_blocks, np.int64), np.empty(n_blocks, np.int64)
+    sizes = widths[order].astype(np.int64) * (BLOCK // 8)
+    byte_at[order] = np.cumsum(sizes) - sizes
+    escape_at[order] = np.cumsum(counts[order], dtype=np.int64) - counts[order]
+    if sizes.sum() != payload.size or counts.sum(dtype=np.int64) != outliers.size:
         raise ValueError("payload size does not match the block widths")
-
-    def decode_rows(item) -> None:
-        rows, w, pay_at, pay_len, out_at, esc_len = item
-        codes = unpack_codes(payload[pay_at:pay_at + pay_len].reshape(rows.size, -1), w, BLOCK)
-        block = base[rows, None] - codes  # e = base − e'
-        if esc_len:
-            escape = codes == _escape_codes(widths[rows], fmt)[:, None]
-            block[escape] = outliers[out_at:out_at + esc_len]
-        exp[rows] = block
-
     out = np.empty(n, fmt.int_dtype)
 
-    def assemble(bounds) -> None:
-        first, last = bounds
-        out[first:last] = _assemble(exp.reshape(-1)[first:last], signman, fmt, first, last, n)
+    parallel = threads > 1 and n >= PARALLEL_MIN
+    chunk = min(PARALLEL_CHUNK_BLOCKS, -(-n_blocks // 2)) if parallel else CHUNK_BLOCKS
 
-    cuts = [(n * i // max(threads, 1) // 8 * 8, n * (i + 1) // max(threads, 1) // 8 * 8) for i in range(threads)]
-    cuts[-1] = (cuts[-1][0], n)
-    if threads > 1:
-        with ThreadPoolExecutor(threads) as pool:  # NumPy releases the GIL in these kernels
-            list(pool.map(decode_rows, items))
-            list(pool.map(assemble, cuts))
+    def decode_chunk(lo: int) -> None:
+        """Blocks [lo, lo + chunk) → finished bit patterns in `out`; independent of all other blocks."""
+        hi = min(lo + chunk, n_blocks)
+        exp = np.empty((hi - lo, BLOCK), np.uint8)
+        chunk_widths = widths[lo:hi]
+        for w in np.unique(chunk_widths):
+            local = np.flatnonzero(chunk_widths == w)
+            first = lo + local[0]  # a class's blocks are stored in order: one contiguous slice
+            codes = unpack_codes(payload[byte_at[first]:byte_at[first] + local.size * int(w) * (BLOCK // 8)]
+                                 .reshape(local.size, -1), int(w), BLOCK)
+            block = base[lo + local, None] - codes  # e = base − e'
+            n_escapes = int(counts[lo + local].sum())
+            if n_escapes:
+                escape = codes == _escape_codes(chunk_widths[local], fmt)[:, None]
+                block[escape] = outliers[escape_at[first]:escape_at[first] + n_escapes]
+            exp[local] = block
+        first_value, last_value = lo * BLOCK, min(hi * BLOCK, n)
+        out[first_value:last_value] = _assemble(exp.reshape(-1)[: last_value - first_value], signman, fmt,
+                                                first_value, last_value, n)
+
+    starts = range(0, n_blocks, chunk)
+    if parallel:
+        list(_pool().map(decode_chunk, starts))  # NumPy releases the GIL inside these kernels
     else:
-        for item in items:
-            decode_rows(item)
-        assemble((0, n))
+        for lo in starts:
+            decode_chunk(lo)
     return out
 
 
