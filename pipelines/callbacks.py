@@ -6,8 +6,10 @@ import math
 
 import lightning as L
 
+from pipelines.errors import PipelinesError
 
-class NonFiniteLossError(RuntimeError):
+
+class NonFiniteLossError(PipelinesError, RuntimeError):
     """Training produced a NaN/inf loss; the checkpoints written so far are left untouched."""
 
 

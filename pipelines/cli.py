@@ -26,8 +26,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 # Imported so that configs may use short class names (`class_path: ImageClassifier`).
 import pipelines.data  # noqa: F401
 import pipelines.tasks  # noqa: F401
-from pipelines.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
-from pipelines.data.errors import DataError
+from pipelines.callbacks import StopOnNonFiniteLoss
+from pipelines.errors import PipelinesError
 from pipelines.loggers import ResumableCSVLogger
 from pipelines.runs import CHECKPOINT_DIR, fresh_run_dir, run_dir_of_checkpoint
 from pipelines.verbs import dispatch_verb, find_verb, verb_help
@@ -39,7 +39,7 @@ warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is in
 warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be provided.*")
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-USER_ERRORS = (DataError, FileNotFoundError, FileExistsError, NonFiniteLossError)
+USER_ERRORS = (PipelinesError, FileNotFoundError, FileExistsError)
 
 
 class PipelinesCLI(LightningCLI):

@@ -27,13 +27,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipelines.errors import PipelinesError
+
 MAGIC = b"ENEC"
 VERSION = 1
 BLOCK = 512  # exponents per block; a multiple of 8 so every block packs into whole bytes
 ALLOWED_WIDTHS = (0, 1, 2, 3, 4, 5)  # plus the exponent's full width (no escapes): 8 or 5
 
 
-class CodecError(ValueError):
+class CodecError(PipelinesError, ValueError):
     """The byte stream is not a valid ENEC stream (corrupt, truncated, or another version)."""
 
 

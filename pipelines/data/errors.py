@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipelines.errors import PipelinesError
 
-class DataError(ValueError):
+
+class DataError(PipelinesError, ValueError):
     """Input data is missing, corrupt or malformed; the message names the file and the problem."""
 
 

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import ray
 
+from pipelines.errors import PipelinesError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("pipelines", "vlm", "asd", "vla")
 
 
-class RayClusterError(RuntimeError):
+class RayClusterError(PipelinesError, RuntimeError):
     """Ray could not be reached or cannot fit the requested work."""
 
 

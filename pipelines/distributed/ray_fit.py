@@ -20,10 +20,11 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from pipelines.distributed.cluster import connect, require_cpus
+from pipelines.errors import PipelinesError
 from pipelines.runs import fresh_run_dir, run_dir_of_checkpoint
 
 
-class RayFitError(RuntimeError):
+class RayFitError(PipelinesError, RuntimeError):
     """Distributed training failed; the message carries the worker's own error."""
 
 

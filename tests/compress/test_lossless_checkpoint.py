@@ -69,3 +69,12 @@ def test_errors_keep_existing_files_and_name_the_problem(tmp_path):
     with pytest.raises(CodecError, match="junk.ckpt"):
         compress_checkpoint(tmp_path / "junk.ckpt", tmp_path / "junk.enec")
     assert not (tmp_path / "junk.enec").exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_cli_reports_a_corrupt_file_in_one_line(tmp_path, capsys):
+    (tmp_path / "bad.enec").write_bytes(b"ENECKPT1" + bytes(40))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compress", "lossless", "--ckpt", str(tmp_path / "bad.enec"), "--out", str(tmp_path / "x.safetensors")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "bad.enec" in err and "Traceback" not in err
+    assert not (tmp_path / "x.safetensors").exists()
