@@ -7,6 +7,7 @@ causal default, and a KV cache that appends whole blocks and can roll back uncom
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -59,6 +60,7 @@ class Decoder(nn.Module):
         commit: bool = True,
         last_logits_only: bool = False,
         return_hidden: bool = False,
+        attention: Callable | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits [B, T, vocab] for T new tokens (ids or embeddings, e.g. with image tokens spliced in).
 
@@ -69,6 +71,7 @@ class Decoder(nn.Module):
             committed, so the next call overwrites them (a drafted block that gets revised).
         last_logits_only: project only the last position (generation needs no more; the LM head
             is the single largest matmul of a small model).
+        attention: a causal prefill backend over the cache, e.g. `CompactAttention` (needs kv_cache).
         """
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         b, t = x.shape[:2]
@@ -77,15 +80,17 @@ class Decoder(nn.Module):
             raise ValueError(f"sequence of {past + t} tokens exceeds the model's context of {self.cfg.max_seq_len}")
         if position_ids is None:
             position_ids = self._default_positions(b, t, past, attention_mask, x.device)
+        if attention is not None and (kv_cache is None or mask is not None or attention_mask is not None):
+            raise ValueError("an attention backend needs a kv_cache and no explicit or padding mask")
         is_causal = False
-        if mask is None:
+        if mask is None and attention is None:
             if attention_mask is None and past == 0:
                 is_causal = t > 1  # SDPA's own causal path: no mask tensor at all
             elif attention_mask is not None or t > 1:
                 mask = self._causal_mask(t, past, attention_mask, x.device)
         rope = rope_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_base)
         for layer, block in enumerate(self.blocks):
-            x = block(x, mask=mask, rope=rope, is_causal=is_causal, kv_cache=kv_cache, layer=layer)
+            x = block(x, mask=mask, rope=rope, is_causal=is_causal, kv_cache=kv_cache, layer=layer, backend=attention)
         if kv_cache is not None and commit:
             kv_cache.advance(t)
         hidden = self.norm(x)

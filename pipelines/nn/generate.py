@@ -51,7 +51,15 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int | None = None,
+    prefill_chunk: int | None = None,
+    prefill_attention=None,
 ) -> Generation:
+    """Generate up to `max_new_tokens` per prompt.
+
+    prefill_chunk: feed the prompt in chunks of this many tokens (chunked prefill); with
+    `prefill_attention` (e.g. `CompactAttention()`) the chunks attend to selected cache pages only.
+    Chunked prefill needs a single prompt or prompts of equal length (no padding).
+    """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     longest = max(len(p) for p in prompts)
@@ -68,14 +76,23 @@ def generate(
     padded = bool((~attention[:, :longest]).any())
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     stop = torch.tensor(list(stop_ids) or [-1], device=device)
-    cache = model.new_cache(batch, longest + max_new_tokens)
+    page = 64  # a paged-attention backend views the cache as 64-token pages
+    cache = model.new_cache(batch, -(-(longest + max_new_tokens) // page) * page)
     out = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
 
     start = time.perf_counter()
-    logits = model(ids, attention_mask=attention[:, :longest] if padded else None, kv_cache=cache,
-                   last_logits_only=True)[:, -1]
+    if prefill_chunk or prefill_attention is not None:
+        if padded:
+            raise ValueError("chunked prefill needs prompts of equal length (no padding)")
+        chunk = prefill_chunk or longest
+        for start in range(0, longest, chunk):
+            logits = model(ids[:, start:start + chunk], kv_cache=cache, last_logits_only=True,
+                           attention=prefill_attention)[:, -1]
+    else:
+        logits = model(ids, attention_mask=attention[:, :longest] if padded else None, kv_cache=cache,
+                       last_logits_only=True)[:, -1]
     for step in range(max_new_tokens):
         token = sample_next(logits, temperature, top_p, generator)
         token = torch.where(finished, torch.full_like(token, pad_id), token)

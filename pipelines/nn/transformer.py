@@ -6,6 +6,7 @@ layouts (vlm/) put a noisy and a clean copy of one sequence side by side with sh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,17 @@ class KVCache:
         self.k[layer, :, :, self.length:end] = k
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def pages(self, layer: int, page_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's keys/values viewed as pages [B·Hkv·max_len/page, page, head_dim] (no copy).
+
+        Page id (b·Hkv + g)·(max_len/page) + j holds tokens [j·page, (j+1)·page) of KV head g of
+        row b: the ids CompactAttention's block tables index.
+        """
+        if self.max_len % page_size:
+            raise ValueError(f"max_len={self.max_len} is not a multiple of the page size {page_size}")
+        d = self.k.shape[-1]
+        return self.k[layer].view(-1, page_size, d), self.v[layer].view(-1, page_size, d)
 
     def advance(self, n: int) -> None:
         self.length += n
@@ -122,10 +134,13 @@ class Attention(nn.Module):
         is_causal: bool = False,
         kv_cache: KVCache | None = None,
         layer: int = 0,
+        backend: Callable | None = None,
     ) -> torch.Tensor:
         """x [B, T, dim]; mask broadcastable to [B, H, T, S], True = may attend; rope = (cos, sin).
 
         With a cache, the new keys/values are appended after the cached ones and S = cached + T.
+        `backend(q, k_cache, v_cache, past)` replaces the dense kernel (e.g. CompactAttention's
+        page-sparse prefill); it sees the whole head-major cache arena of this layer.
         """
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
@@ -134,7 +149,11 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv_cache is not None:
+            past = kv_cache.length
             k, v = kv_cache.update(layer, k, v)
+            if backend is not None:
+                out = backend(q, kv_cache.k[layer], kv_cache.v[layer], past)
+                return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
         if mask is not None and is_causal:
             raise ValueError("pass either an explicit mask or is_causal=True, not both")
         out = F.scaled_dot_product_attention(
@@ -172,6 +191,8 @@ class TransformerBlock(nn.Module):
         is_causal: bool = False,
         kv_cache: KVCache | None = None,
         layer: int = 0,
+        backend: Callable | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), mask=mask, rope=rope, is_causal=is_causal, kv_cache=kv_cache, layer=layer)
+        x = x + self.attn(self.attn_norm(x), mask=mask, rope=rope, is_causal=is_causal, kv_cache=kv_cache, layer=layer,
+                          backend=backend)
         return x + self.mlp(self.mlp_norm(x))
