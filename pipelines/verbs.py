@@ -74,8 +74,6 @@ def lm_generate(*, prompt: str, model: Path | None = None, max_new_tokens: int =
         system: Optional system message for the chat template.
         raw: Feed the prompt as is, without the chat template.
     """
-    import torch
-
     from pipelines.nn.checkpoint import load_language_model
     from pipelines.nn.generate import generate
 
@@ -86,7 +84,6 @@ def lm_generate(*, prompt: str, model: Path | None = None, max_new_tokens: int =
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     stop = [i for i in (tokenizer.eos_id, tokenizer.tokenizer.token_to_id("<|im_end|>")) if i is not None]
-    torch.manual_seed(seed)
     result = generate(decoder, [tokenizer.encode(text)], max_new_tokens=max_new_tokens,
                       pad_id=tokenizer.pad_id or 0, stop_ids=stop, temperature=temperature, top_p=top_p, seed=seed)
     answer = tokenizer.decode(result.tokens[0])

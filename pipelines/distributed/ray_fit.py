@@ -58,7 +58,7 @@ def _train_loop_per_worker(config: dict) -> None:
     trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(local))
 
 
-def _resolve_run(cli_args: list[str], resume: str | None) -> tuple[Path, list[str]]:
+def _resolve_run(cli_args: list[str], resume: str | None) -> Path:
     """Parse the config on the driver (typos fail here, fast) and fix the run folder for all workers."""
     from pipelines.cli import lightning_cli
 
@@ -68,7 +68,7 @@ def _resolve_run(cli_args: list[str], resume: str | None) -> tuple[Path, list[st
         run_dir = run_dir_of_checkpoint(resume)
     else:
         run_dir = fresh_run_dir(cfg["runs_dir"], probe.run_name())
-    return run_dir.absolute(), cli_args
+    return run_dir.absolute()
 
 
 def ray_fit(cli_args: list[str], num_workers: int = 2, cpus_per_worker: float = 1, gpus_per_worker: float = 0,
@@ -76,7 +76,7 @@ def ray_fit(cli_args: list[str], num_workers: int = 2, cpus_per_worker: float = 
     """Train the fit config in `cli_args` (e.g. ["--config", "x.yaml", "--trainer.max_steps", "5"]) on Ray."""
     if resume is not None and not Path(resume).is_file():
         raise FileNotFoundError(f"checkpoint to resume from not found: {resume}")
-    run_dir, cli_args = _resolve_run(cli_args, resume)
+    run_dir = _resolve_run(cli_args, resume)
     resources = connect(address)
     require_cpus(resources, num_workers * cpus_per_worker, f"{num_workers} workers × {cpus_per_worker:g} CPU")
     if gpus_per_worker and resources.get("GPU", 0) < num_workers * gpus_per_worker:
