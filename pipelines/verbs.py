@@ -61,7 +61,8 @@ def demo(out: Path = Path("runs/demo"), stages: list[str] | None = None) -> None
 
 
 def lm_generate(*, prompt: str, model: Path | None = None, max_new_tokens: int = 128, temperature: float = 0.0,
-                top_p: float = 1.0, seed: int = 0, system: str | None = None, raw: bool = False) -> str:
+                top_p: float = 1.0, seed: int = 0, system: str | None = None, raw: bool = False,
+                prefill_chunk: int | None = None, prefill: str = "dense", alpha: float = 0.02) -> str:
     """Answer a prompt with a language model (default: the bundled SmolLM2-135M-Instruct), greedy by default.
 
     Args:
@@ -73,10 +74,20 @@ def lm_generate(*, prompt: str, model: Path | None = None, max_new_tokens: int =
         seed: Sampling seed.
         system: Optional system message for the chat template.
         raw: Feed the prompt as is, without the chat template.
+        prefill_chunk: Feed the prompt in chunks of this many tokens (chunked prefill).
+        prefill: 'dense' or 'compact' (CompactAttention: each chunk attends to selected cache pages).
+        alpha: CompactAttention's selector threshold (keep blocks with mass ≥ alpha·max).
     """
     from pipelines.nn.checkpoint import load_language_model
     from pipelines.nn.generate import generate
 
+    if prefill not in ("dense", "compact"):
+        raise SystemExit(f"error: --prefill must be 'dense' or 'compact', not {prefill!r}")
+    backend = None
+    if prefill == "compact":
+        from pipelines.nn.compact_attention import CompactAttention
+
+        backend = CompactAttention(alpha=alpha)
     decoder, tokenizer = load_language_model(model)
     if raw:
         text = prompt
@@ -85,7 +96,8 @@ def lm_generate(*, prompt: str, model: Path | None = None, max_new_tokens: int =
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     stop = [i for i in (tokenizer.eos_id, tokenizer.tokenizer.token_to_id("<|im_end|>")) if i is not None]
     result = generate(decoder, [tokenizer.encode(text)], max_new_tokens=max_new_tokens,
-                      pad_id=tokenizer.pad_id or 0, stop_ids=stop, temperature=temperature, top_p=top_p, seed=seed)
+                      pad_id=tokenizer.pad_id or 0, stop_ids=stop, temperature=temperature, top_p=top_p, seed=seed,
+                      prefill_chunk=prefill_chunk, prefill_attention=backend)
     answer = tokenizer.decode(result.tokens[0])
     print(answer)
     print(f"[{result.new_tokens} tokens in {result.seconds:.2f} s = {result.tokens_per_second:.1f} tokens/s]",

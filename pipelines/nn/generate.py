@@ -87,8 +87,8 @@ def generate(
         if padded:
             raise ValueError("chunked prefill needs prompts of equal length (no padding)")
         chunk = prefill_chunk or longest
-        for start in range(0, longest, chunk):
-            logits = model(ids[:, start:start + chunk], kv_cache=cache, last_logits_only=True,
+        for offset in range(0, longest, chunk):
+            logits = model(ids[:, offset:offset + chunk], kv_cache=cache, last_logits_only=True,
                            attention=prefill_attention)[:, -1]
     else:
         logits = model(ids, attention_mask=attention[:, :longest] if padded else None, kv_cache=cache,
