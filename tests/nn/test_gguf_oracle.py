@@ -135,3 +135,13 @@ def test_bad_gguf_files(tmp_path):
     (tmp_path / "junk.gguf").write_bytes(b"GGUF" + bytes(100))
     with pytest.raises(DataError, match="junk.gguf"):
         load_gguf(tmp_path / "junk.gguf")
+
+
+def test_lm_generate_command_answers_with_the_bundled_model(capsys, monkeypatch):
+    from pipelines.cli import main
+
+    monkeypatch.setattr("sys.argv", ["pipelines"])
+    main(["lm", "generate", "--prompt", "What is the capital of France?", "--max_new_tokens", "12",
+          "--prefill_chunk", "16", "--prefill", "compact"])
+    captured = capsys.readouterr()
+    assert "Paris" in captured.out and "tokens/s" in captured.err
