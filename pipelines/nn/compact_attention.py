@@ -62,19 +62,20 @@ def flashprefill_block_mask(q: torch.Tensor, k: torch.Tensor, past: int, alpha: 
     n_kb, n_qb = -(-s // block), -(-c // block)
     pad_k = n_kb * block - s
     kp = torch.nn.functional.pad(k, (0, 0, 0, pad_k)).view(b, hkv, n_kb, block, d).float()
-    counts = torch.full((n_kb,), float(block))
+    dev = q.device
+    counts = torch.full((n_kb,), float(block), device=dev)
     counts[-1] = block - pad_k
     k_pooled = kp.sum(3) / counts[:, None]  # mean over each block's real tokens
     qp = torch.nn.functional.pad(q, (0, 0, 0, n_qb * block - c)).view(b, h, n_qb, block, d).float()
-    q_counts = torch.full((n_qb,), float(block))
+    q_counts = torch.full((n_qb,), float(block), device=dev)
     q_counts[-1] = c - (n_qb - 1) * block
     q_pooled = qp.sum(3) / q_counts[:, None]
     k_pooled = k_pooled.repeat_interleave(h // hkv, dim=1)
     scores = q_pooled @ k_pooled.transpose(-1, -2) / math.sqrt(d)  # [B, H, nQB, nKB]
     # A query block's last token sits at absolute position past + (i+1)·block − 1 (clipped to the chunk).
-    q_last = torch.clamp(past + (torch.arange(n_qb) + 1) * block - 1, max=past + c - 1)
+    q_last = torch.clamp(past + (torch.arange(n_qb, device=dev) + 1) * block - 1, max=past + c - 1)
     q_block = q_last // block
-    key_block = torch.arange(n_kb)
+    key_block = torch.arange(n_kb, device=dev)
     causal = key_block[None, :] <= q_block[:, None]  # [nQB, nKB]
     mass = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
     keep = mass >= alpha * mass.amax(-1, keepdim=True)
@@ -102,6 +103,7 @@ class BlockTable:
 def block_union(mask: torch.Tensor, n_kv_heads: int, past: int, chunk: int, pages_per_row: int,
                 keep_recent: int = 2, subgroups: int = 1, block: int = PAGE) -> BlockTable:
     """Union a [B, H, nQB, nKB] block mask into a CSR block table over the paged cache."""
+    mask = mask.cpu()  # the table is small and is walked from Python
     b, h, _, n_kb = mask.shape
     group = h // n_kv_heads
     if group % subgroups:
@@ -169,7 +171,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         if execution == "gather":
             pages = table.row_pages(row)
             tokens = (pages[:, None] * block + torch.arange(block)).reshape(-1)
-            tokens = tokens[tokens < past]
+            tokens = tokens[tokens < past].to(k_cache.device)
             if tokens.numel():
                 k_sel = k_cache[bi, g].index_select(0, tokens)[None, None]
                 v_sel = v_cache[bi, g].index_select(0, tokens)[None, None]
