@@ -12,3 +12,19 @@ def shapes_root(tmp_path_factory):
     from pipelines.data.synth_shapes import write_shapes_dataset
 
     return write_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n_train=64, n_val=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def chat_text_root(tmp_path_factory):
+    """A few conversations and some real text in the `pipelines vlm data` layout (no AR model needed)."""
+    import json
+
+    from vlm.instruct import conversation, make_tasks, reference_manual_text
+
+    root = tmp_path_factory.mktemp("data") / "chat_text"
+    root.mkdir()
+    for split, n in (("train", 12), ("heldout", 6)):
+        items = [conversation(t.key, t.prompt, t.truth) for t in make_tasks(n, split)]
+        (root / f"{split}.json").write_text(json.dumps(items))
+        (root / f"text_{split}.txt").write_text(reference_manual_text(split)[:4000])
+    return root

@@ -14,6 +14,10 @@ def fake_data_overrides(config: str, request) -> list[str]:
     """Point a config at synthetic data of its kind; a new config must add its entry here."""
     if config.startswith("configs/core/"):
         return ["--data.init_args.root", str(request.getfixturevalue("shapes_root"))]
+    if config.startswith("configs/vlm/nbdiff"):
+        # The real-model config keeps its SmolLM2 source: one batch of 135M is a few seconds.
+        return ["--data.init_args.root", str(request.getfixturevalue("chat_text_root")),
+                "--data.init_args.batch_size", "2"]
     pytest.fail(f"{config} has no fake-data entry in tests/test_configs.py")
 
 

@@ -1,1 +1,1 @@
-"""vlm domain package (see README)."""
+"""Vision-language models and AR → block-diffusion conversion (NBDiff's recipe, BARD's merging)."""
