@@ -106,3 +106,13 @@ def test_heldout_tasks_are_unseen_combinations():
     assert not count.check(", ".join(str(i) for i in range(start, end)))
     assert all(t.check(t.truth) for t in heldout), "every family's check accepts its true answer"
     assert not any(t.check("I don't know.") for t in heldout)
+
+
+def test_demo_stage_adapts_and_decodes(tmp_path):
+    from pipelines.demo import run_demo
+
+    run_demo(tmp_path, ["nbdiff"])
+    metrics = json.loads((tmp_path / "demo_metrics.json").read_text())["nbdiff"]["metrics"]
+    assert 0 < metrics["tokens_per_forward"] <= metrics["tokens_per_denoise_forward"]
+    assert (tmp_path / "nbdiff" / "stages" / "B4" / "diffusion.json").exists()
+    assert "Block diffusion" in (tmp_path / "REPORT.md").read_text()
