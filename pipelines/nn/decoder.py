@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from pipelines.nn.attention_sharing import AttentionSharing, apply_attention_sharing
 from pipelines.nn.transformer import KVCache, RMSNorm, TransformerBlock, TransformerConfig, rope_cos_sin
 
 
@@ -21,6 +22,13 @@ class DecoderConfig(TransformerConfig):
     vocab_size: int = 256
     max_seq_len: int = 2048
     tie_embeddings: bool = True
+    # How the attention projections are parametrised (MASA or a baseline); None = one per layer.
+    attention_sharing: AttentionSharing | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.attention_sharing, dict):  # from config.json / YAML
+            self.attention_sharing = AttentionSharing(**self.attention_sharing)
 
     @classmethod
     def tiny(cls, vocab_size: int = 256) -> DecoderConfig:
@@ -42,6 +50,8 @@ class Decoder(nn.Module):
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        if cfg.attention_sharing is not None:
+            apply_attention_sharing(self, list(self.blocks), cfg.attention_sharing)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         param = self.embed.weight
