@@ -154,3 +154,35 @@ def matrix_pca(weights: torch.Tensor, n_atoms: int) -> tuple[torch.Tensor, torch
     shape = weights.shape[1:]
     return (atoms.T.reshape(n_atoms, *shape).to(weights.dtype), coefficients.T.to(weights.dtype),
             eigenvalues.to(weights.dtype))
+
+
+@torch.no_grad()
+def logit_lens_drift(model: nn.Module, calibration: list[list[int]]) -> torch.Tensor:
+    """KL(p_l ‖ p_{l+1}) between consecutive blocks' logit-lens distributions, averaged over sequences.
+
+    p_l = softmax(lm_head(norm(mean over tokens of block l's output))): the paper's grouping signal;
+    consecutive blocks with a small drift do similar work and can share one dictionary.
+    """
+    outputs: list[torch.Tensor] = []
+    hooks = [block.register_forward_hook(lambda m, i, o: outputs.append(o.mean(1))) for block in model.blocks]
+    drift = torch.zeros(len(model.blocks) - 1)
+    try:
+        for seq in calibration:
+            outputs.clear()
+            model(torch.as_tensor(list(seq))[None].to(model.embed.weight.device), last_logits_only=True)
+            logp = torch.stack([torch.log_softmax(model.lm_head(model.norm(h)).float(), -1)[0] for h in outputs])
+            drift += (logp[:-1].exp() * (logp[:-1] - logp[1:])).sum(-1).cpu()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return drift / max(len(calibration), 1)
+
+
+def group_layers(drift: torch.Tensor, n_groups: int) -> list[list[int]]:
+    """Consecutive layer groups, cut at the n_groups − 1 largest drifts between neighbours."""
+    n_layers = len(drift) + 1
+    if not 1 <= n_groups <= n_layers:
+        raise ValueError(f"n_groups must be in [1, {n_layers}], got {n_groups}")
+    cuts = sorted(int(i) + 1 for i in torch.topk(drift, n_groups - 1).indices) if n_groups > 1 else []
+    bounds = [0, *cuts, n_layers]
+    return [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

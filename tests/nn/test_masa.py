@@ -90,3 +90,34 @@ def test_matrix_pca_via_gram_equals_svd_and_leaves_the_tail_energy():
     torch.testing.assert_close(error, (s[3:] ** 2).sum(), atol=1e-9, rtol=1e-9)
     gram = atoms.reshape(3, -1) @ atoms.reshape(3, -1).T
     torch.testing.assert_close(gram, torch.eye(3, dtype=torch.float64), atol=1e-9, rtol=0)
+
+
+def test_layer_groups_cut_at_the_largest_drifts():
+    from pipelines.nn.masa import group_layers
+
+    drift = torch.tensor([0.1, 0.9, 0.2, 0.05, 0.7])  # 6 layers
+    assert group_layers(drift, 3) == [[0, 1], [2, 3, 4], [5]]
+    assert group_layers(drift, 1) == [[0, 1, 2, 3, 4, 5]]
+    with pytest.raises(ValueError):
+        group_layers(drift, 7)
+
+
+def test_logit_lens_drift_matches_a_direct_computation():
+    from pipelines.nn.masa import logit_lens_drift
+
+    model = tiny(n_layers=4).eval()
+    seq = [3, 9, 27, 17, 51]
+    drift = logit_lens_drift(model, [seq])
+    with torch.no_grad():
+        x = model.embed(torch.tensor([seq]))
+        pos = torch.arange(5)[None]
+        from pipelines.nn.transformer import rope_cos_sin
+
+        rope = rope_cos_sin(pos, model.cfg.head_dim, model.cfg.rope_base)
+        dists = []
+        for block in model.blocks:
+            x = block(x, rope=rope, is_causal=True)
+            dists.append(torch.softmax(model.lm_head(model.norm(x.mean(1))), -1)[0])
+    expected = torch.stack([(p * (p.log() - q.log())).sum() for p, q in zip(dists[:-1], dists[1:], strict=True)])
+    torch.testing.assert_close(drift, expected, atol=1e-5, rtol=1e-4)
+    assert (drift >= 0).all()
