@@ -186,3 +186,19 @@ def group_layers(drift: torch.Tensor, n_groups: int) -> list[list[int]]:
     cuts = sorted(int(i) + 1 for i in torch.topk(drift, n_groups - 1).indices) if n_groups > 1 else []
     bounds = [0, *cuts, n_layers]
     return [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def whitened_low_rank(residual: torch.Tensor, input_gram: torch.Tensor, rank: int, damping: float = 1e-4
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank-r correction `up @ down` ≈ residual that minimises the *output* error on calibration inputs.
+
+    With XᵀX = L Lᵀ (Cholesky, damped), ‖(ΔW − UV)Xᵀ‖_F = ‖(ΔW − UV)L‖_F, so the best rank-r fit is
+    the truncated SVD of ΔW·L mapped back by L⁻¹ (MASA's local refinement, SVD-LLM's whitening).
+    """
+    gram = input_gram.double()
+    gram = gram + damping * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+    chol = torch.linalg.cholesky(gram)
+    u, s, vh = torch.linalg.svd(residual.double() @ chol, full_matrices=False)
+    up = u[:, :rank] * s[:rank]
+    down = torch.linalg.solve_triangular(chol, vh[:rank], upper=False, left=False)  # V_rᵀ L⁻¹
+    return up.to(residual.dtype), down.to(residual.dtype)

@@ -121,3 +121,18 @@ def test_logit_lens_drift_matches_a_direct_computation():
     expected = torch.stack([(p * (p.log() - q.log())).sum() for p, q in zip(dists[:-1], dists[1:], strict=True)])
     torch.testing.assert_close(drift, expected, atol=1e-5, rtol=1e-4)
     assert (drift >= 0).all()
+
+
+def test_whitened_low_rank_minimises_the_output_error():
+    from pipelines.nn.masa import whitened_low_rank
+
+    torch.manual_seed(0)
+    delta = torch.randn(16, 12, dtype=torch.float64)
+    x = torch.randn(200, 12, dtype=torch.float64) * torch.linspace(0.1, 3.0, 12, dtype=torch.float64)
+    up, down = whitened_low_rank(delta, x.T @ x, rank=4, damping=0.0)
+    ours = ((delta - up @ down) @ x.T).norm()
+    singular = torch.linalg.svdvals(delta @ torch.linalg.cholesky(x.T @ x))
+    torch.testing.assert_close(ours, singular[4:].pow(2).sum().sqrt(), atol=1e-8, rtol=1e-8)
+    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+    plain = ((delta - (u[:, :4] * s[:4]) @ vh[:4]) @ x.T).norm()
+    assert ours < plain, "whitening beats plain SVD on the outputs"
