@@ -93,7 +93,7 @@ def _decode_one(model: Decoder, prompt: list[int], block_size: int, mask_id: int
     cache = model.new_cache(1, len(prompt) + max_new_tokens + block_size)
     logits = model(torch.tensor([prompt], device=device), kv_cache=cache, last_logits_only=True)
     stats.prefill_forwards += 1
-    first = int(logits[0, -1].argmax())
+    first = _argmax_except(logits[0, -1], mask_id)
     out: list[int] = []
     while len(out) < max_new_tokens:
         size = min(block_size, max_new_tokens - len(out))
@@ -123,8 +123,15 @@ def _decode_one(model: Decoder, prompt: list[int], block_size: int, mask_id: int
             break
         logits = model(block, position_ids=positions, kv_cache=cache, last_logits_only=True)  # causal commit
         stats.commit_forwards += 1
-        first = int(logits[0, -1].argmax())
+        first = _argmax_except(logits[0, -1], mask_id)
     return out
+
+
+def _argmax_except(logits: torch.Tensor, mask_id: int) -> int:
+    """Greedy AR token; [MASK] is excluded (a block that starts with it could never finish)."""
+    logits = logits.clone()
+    logits[mask_id] = float("-inf")
+    return int(logits.argmax())
 
 
 def _block_done(block: torch.Tensor, mask_id: int, stop: set[int]) -> bool:

@@ -23,7 +23,9 @@ def test_block_size_one_emits_exactly_the_greedy_ar_tokens(seed):
     stop = [3]
     ar = generate(model, [prompts[0]], max_new_tokens=40, stop_ids=stop)
     ar2 = generate(model, [prompts[1]], max_new_tokens=40, stop_ids=stop)
-    out = block_diffusion_generate(model, prompts, block_size=1, mask_id=MASK, stop_ids=stop, max_new_tokens=40)
+    # [MASK] is never emitted; pick an id the AR model does not produce, so the comparison is exact.
+    mask = next(i for i in range(VOCAB - 1, 0, -1) if i not in ar.tokens[0] + ar2.tokens[0])
+    out = block_diffusion_generate(model, prompts, block_size=1, mask_id=mask, stop_ids=stop, max_new_tokens=40)
     assert out.tokens == [ar.tokens[0], ar2.tokens[0]]
     assert out.denoise_forwards == 0
     # One prefill per prompt, then one commit pass per token but the last: AR's forward count.
@@ -39,6 +41,18 @@ def test_counts_when_every_block_finishes_in_one_denoising_step():
     assert (out.prefill_forwards, out.denoise_forwards, out.commit_forwards) == (1, 4, 3)
     assert out.tokens_per_denoise_forward == 4.0 and out.tokens_per_forward == 2.0
     assert MASK not in out.tokens[0]
+
+
+def test_mask_token_is_never_emitted_even_when_the_ar_pass_prefers_it():
+    model = tiny_model()
+    head = torch.nn.Linear(model.cfg.dim, VOCAB)
+    head.weight = model.lm_head.weight
+    with torch.no_grad():
+        head.bias.zero_()
+        head.bias[MASK] = 1e4  # the AR pass now always prefers [MASK]
+    model.lm_head = head
+    out = block_diffusion_generate(model, [[5, 6, 7]], block_size=4, mask_id=MASK, stop_ids=[], max_new_tokens=12)
+    assert len(out.tokens[0]) == 12 and MASK not in out.tokens[0]
 
 
 def test_threshold_one_commits_one_token_per_step():
