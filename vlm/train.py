@@ -57,20 +57,17 @@ class BlockDiffusionLM(L.LightningModule):
         self.ar_loss_weight = ar_loss_weight
         self.model, self.tokenizer = load_source(source)
         self.model.train()  # loaders return eval-mode models; Lightning keeps submodule modes as they are
-        self.source_vocab = self.model.cfg.vocab_size
         self.mask_id = add_mask_token(self.model, self.tokenizer)
         self.eos_id = self.tokenizer.eos_id
         if self.eos_id is None:
             raise ValueError(f"source {source!r} has no EOS token; responses could never stop")
 
-    def stage_at(self, step: int) -> tuple[int, CurriculumStage]:
-        """(index, stage) for a global step; past the last stage the last block size stays."""
-        end = 0
-        for index, stage in enumerate(self.curriculum):
-            end += stage.steps
+    def stage_at(self, step: int) -> CurriculumStage:
+        """The stage of a global step; past the last stage the last block size stays."""
+        for stage, end in zip(self.curriculum, self.stage_ends(), strict=True):
             if step < end:
-                return index, stage
-        return len(self.curriculum) - 1, self.curriculum[-1]
+                return stage
+        return self.curriculum[-1]
 
     def stage_ends(self) -> list[int]:
         ends, total = [], 0
@@ -81,7 +78,7 @@ class BlockDiffusionLM(L.LightningModule):
 
     @property
     def block_size(self) -> int:
-        return self.stage_at(self.global_step)[1].block_size
+        return self.stage_at(self.global_step).block_size
 
     def make_batch(self, pairs, generator: torch.Generator | None = None):
         build = nbdiff_batch if self.recipe == "nbdiff" else naive_transplant_batch
@@ -117,11 +114,9 @@ class BlockDiffusionLM(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if not self.hparams.export_stages or self.trainer.sanity_checking:
             return
-        step = self.global_step
-        for index, end in enumerate(self.stage_ends()):
-            if step == end:
-                self.export(Path(self.trainer.default_root_dir) / "stages" / f"B{self.curriculum[index].block_size}",
-                            self.curriculum[index].block_size)
+        for stage, end in zip(self.curriculum, self.stage_ends(), strict=True):
+            if self.global_step == end:
+                self.export(Path(self.trainer.default_root_dir) / "stages" / f"B{stage.block_size}", stage.block_size)
 
     def export(self, folder: Path, block_size: int) -> Path:
         return save_block_diffusion(folder, self.model, self.tokenizer, block_size, self.mask_id, self.recipe,

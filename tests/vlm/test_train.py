@@ -17,7 +17,7 @@ from vlm.train import BlockDiffusionLM, CurriculumStage
 def test_curriculum_stage_follows_the_global_step():
     module = BlockDiffusionLM.__new__(BlockDiffusionLM)
     module.curriculum = [CurriculumStage(1, 2), CurriculumStage(2, 3), CurriculumStage(4, 1)]
-    sizes = [module.stage_at(step)[1].block_size for step in range(8)]
+    sizes = [module.stage_at(step).block_size for step in range(8)]
     assert sizes == [1, 1, 2, 2, 2, 4, 4, 4]
     assert module.stage_ends() == [2, 5, 6]
 
