@@ -17,24 +17,28 @@ from torch import nn
 
 from pipelines.nn.masa import VARIANTS, apply_masa
 
-KINDS = ("vanilla", "masa-qkvo", "masa-qkv", "low-rank", "repeat-all-over")
+KINDS = ("vanilla", "masa-qkvo", "masa-qkv", "low-rank", "repeat-all-over", "masa-pca")
 
 
 @dataclass
 class AttentionSharing:
     """kind: one of KINDS; atoms: S for MASA and repeat-all-over (default L/3); rank: r for low-rank;
-    frozen: MASA coefficients as a plain table (after training; what a saved MASA model holds)."""
+    frozen: MASA coefficients as a plain table (after training; what a saved MASA model holds);
+    layout: for "masa-pca" (a compressed pretrained model), its groups, atoms and refinement ranks."""
 
     kind: str = "vanilla"
     atoms: int | None = None
     rank: int | None = None
     frozen: bool = False
+    layout: dict | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"attention sharing kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind == "low-rank" and not self.rank:
             raise ValueError("attention sharing 'low-rank' needs a rank")
+        if self.kind == "masa-pca" and not self.layout:
+            raise ValueError("attention sharing 'masa-pca' needs the layout written by `compress_attention_masa`")
 
 
 class LowRankLinear(nn.Module):
@@ -68,7 +72,11 @@ def apply_attention_sharing(model: nn.Module, blocks: list[nn.Module], sharing: 
     n_layers = len(blocks)
     if sharing.kind == "vanilla":
         return model
-    if sharing.kind in VARIANTS:
+    if sharing.kind == "masa-pca":
+        from pipelines.nn.masa_compress import build_grouped_masa
+
+        build_grouped_masa(model, blocks, sharing.layout)
+    elif sharing.kind in VARIANTS:
         masa = apply_masa(model, blocks, sharing.kind, sharing.atoms)
         if sharing.frozen:
             masa.freeze()

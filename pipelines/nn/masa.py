@@ -178,13 +178,20 @@ def logit_lens_drift(model: nn.Module, calibration: list[list[int]]) -> torch.Te
     return drift / max(len(calibration), 1)
 
 
-def group_layers(drift: torch.Tensor, n_groups: int) -> list[list[int]]:
-    """Consecutive layer groups, cut at the n_groups − 1 largest drifts between neighbours."""
+def group_layers(drift: torch.Tensor, n_groups: int, min_size: int = 1) -> list[list[int]]:
+    """Consecutive layer groups, cut at the largest drifts between neighbours (up to n_groups − 1
+    cuts), skipping any cut that would leave a group smaller than `min_size`."""
     n_layers = len(drift) + 1
     if not 1 <= n_groups <= n_layers:
         raise ValueError(f"n_groups must be in [1, {n_layers}], got {n_groups}")
-    cuts = sorted(int(i) + 1 for i in torch.topk(drift, n_groups - 1).indices) if n_groups > 1 else []
-    bounds = [0, *cuts, n_layers]
+    cuts: list[int] = []
+    for index in torch.argsort(drift, descending=True, stable=True).tolist():
+        if len(cuts) == n_groups - 1:
+            break
+        bounds = sorted([0, *cuts, index + 1, n_layers])
+        if all(b - a >= min_size for a, b in zip(bounds[:-1], bounds[1:], strict=True)):
+            cuts.append(index + 1)
+    bounds = sorted([0, *cuts, n_layers])
     return [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 

@@ -98,6 +98,8 @@ def test_layer_groups_cut_at_the_largest_drifts():
     drift = torch.tensor([0.1, 0.9, 0.2, 0.05, 0.7])  # 6 layers
     assert group_layers(drift, 3) == [[0, 1], [2, 3, 4], [5]]
     assert group_layers(drift, 1) == [[0, 1, 2, 3, 4, 5]]
+    # The cut before layer 5 would leave it alone; the next allowed cut (drift 0.05) is taken instead.
+    assert group_layers(drift, 3, min_size=2) == [[0, 1], [2, 3], [4, 5]]
     with pytest.raises(ValueError):
         group_layers(drift, 7)
 
