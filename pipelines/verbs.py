@@ -135,6 +135,45 @@ def compress_lossless(*, ckpt: Path, out: Path, overwrite: bool = False) -> None
               f"{stats['compressed_bytes'] / 2**20:.1f} MiB (ratio {stats['ratio']:.3f}) in {stats['seconds']:.1f} s")
 
 
+def lm_compress(*, out: Path, method: str = "masa", ratio: float = 0.2, ckpt: Path | None = None, groups: int = 5,
+                refine_share: float = 0.1, calibration_sequences: int = 32, sequence_tokens: int = 256,
+                overwrite: bool = False) -> dict:
+    """Compress a decoder's attention without training (MASA matrix PCA, or the per-layer SVD baseline).
+
+    Args:
+        out: Folder for the compressed decoder (loads with `pipelines lm generate --model OUT`).
+        method: 'masa' (shared atoms per layer group + whitened low-rank refinement) or 'svd'.
+        ratio: Fraction of the attention parameters to remove, in (0, 1).
+        ckpt: A .gguf file or a saved decoder folder (default: the bundled SmolLM2-135M-Instruct).
+        groups: MASA layer groups (cut where the logit-lens drift between neighbours is largest).
+        refine_share: Share of each group's budget spent on the low-rank refinement.
+        calibration_sequences: Calibration chunks of real text (CPython's reference manual).
+        sequence_tokens: Tokens per calibration chunk.
+        overwrite: Replace an existing compressed model in `out`.
+    """
+    from pipelines.data.text import reference_manual_text
+    from pipelines.nn.checkpoint import load_language_model, save_decoder
+    from pipelines.nn.masa_compress import compress_attention_masa, compress_attention_svd
+
+    if method not in ("masa", "svd"):
+        raise SystemExit(f"error: --method must be 'masa' or 'svd', not {method!r}")
+    if not 0.0 < ratio < 1.0:
+        raise SystemExit(f"error: --ratio must be in (0, 1), got {ratio}")
+    if (Path(out) / "model.safetensors").exists() and not overwrite:
+        raise SystemExit(f"error: {out} already holds a model; pass --overwrite or choose another --out")
+    model, tokenizer = load_language_model(ckpt)
+    ids = tokenizer.encode(reference_manual_text("train"))
+    calibration = [ids[i:i + sequence_tokens] for i in range(0, calibration_sequences * sequence_tokens, sequence_tokens)]
+    if method == "masa":
+        stats = compress_attention_masa(model, calibration, ratio, n_groups=groups, refine_share=refine_share)
+    else:
+        stats = compress_attention_svd(model, ratio)
+    save_decoder(out, model, tokenizer, overwrite=overwrite)
+    print(f"{method}: attention parameters {stats['attention_parameters_before'] / 1e6:.2f}M → "
+          f"{stats['attention_parameters_after'] / 1e6:.2f}M (−{100 * stats['reduction']:.1f}%), saved to {out}")
+    return stats
+
+
 def refuse_nonempty(folder: Path, overwrite: bool) -> None:
     """Stop before a generator writes into a folder that already holds the user's files."""
     folder = Path(folder)
@@ -144,7 +183,7 @@ def refuse_nonempty(folder: Path, overwrite: bool) -> None:
 
 def core_verbs() -> dict[str, Callable]:
     return {"data synth shapes": synth_shapes, "demo": demo, "lm generate": lm_generate, "ray fit": ray_fit,
-            "compress lossless": compress_lossless}
+            "compress lossless": compress_lossless, "lm compress": lm_compress}
 
 
 @cache

@@ -19,7 +19,8 @@ def chat_text_root(tmp_path_factory):
     """A few conversations and some real text in the `pipelines vlm data` layout (no AR model needed)."""
     import json
 
-    from vlm.instruct import conversation, make_tasks, reference_manual_text
+    from pipelines.data.text import reference_manual_text
+    from vlm.instruct import conversation, make_tasks
 
     root = tmp_path_factory.mktemp("data") / "chat_text"
     root.mkdir()

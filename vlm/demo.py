@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipelines.data.text import reference_manual_text
 from pipelines.demo import DemoSection, markdown_table, shipped_config
-from vlm.instruct import conversation, make_tasks, reference_manual_text
+from vlm.instruct import conversation, make_tasks
 
 CONFIG = "vlm/nbdiff_smollm2.yaml"
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.data.errors import DataError, require_file
+from pipelines.data.text import reference_manual_text
 
 CAPITALS = {
     "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo", "China": "Beijing",
@@ -158,14 +159,6 @@ def read_conversations(path: str | Path) -> list[tuple[str, str]]:
         pairs.append((str(human["value"]), str(gpt["value"])))
     return pairs
 
-
-def reference_manual_text(split: str) -> str:
-    """Real English text: CPython's bundled language-reference topics, every fifth topic held out."""
-    from pydoc_data.topics import topics
-
-    names = sorted(topics)
-    chosen = [n for i, n in enumerate(names) if (i % 5 == 0) == (split == "heldout")]
-    return "\n\n".join(topics[n] for n in chosen)
 
 
 def chat_prompt(tokenizer, prompt: str) -> list[int]:

@@ -137,3 +137,13 @@ class TextTokenizer:
         if token_id is None:
             raise DataError(f"this tokenizer has no {name} token")
         return token_id
+
+
+def reference_manual_text(split: str) -> str:
+    """Real English text that needs no download: CPython's bundled language-reference topics
+    (`pydoc_data.topics`); split "heldout" is every fifth topic, anything else the rest."""
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)
+    chosen = [n for i, n in enumerate(names) if (i % 5 == 0) == (split == "heldout")]
+    return "\n\n".join(topics[n] for n in chosen)

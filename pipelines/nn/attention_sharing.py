@@ -81,10 +81,13 @@ def apply_attention_sharing(model: nn.Module, blocks: list[nn.Module], sharing: 
         if sharing.frozen:
             masa.freeze()
     elif sharing.kind == "low-rank":
+        # One rank for all, or per projection (`layout={"ranks": {"q": r, …}}`, the SVD baseline's).
+        ranks = (sharing.layout or {}).get("ranks", {})
         for block in blocks:
             for p in ("q", "k", "v", "o"):
                 old = getattr(block.attn, f"{p}_proj")
-                setattr(block.attn, f"{p}_proj", LowRankLinear(old.in_features, old.out_features, sharing.rank))
+                setattr(block.attn, f"{p}_proj",
+                        LowRankLinear(old.in_features, old.out_features, ranks.get(p, sharing.rank)))
     else:  # repeat-all-over
         unique = sharing.atoms or max(1, round(n_layers / 3))
         if not 1 <= unique <= n_layers:

@@ -140,3 +140,31 @@ def compress_attention_masa(model: nn.Module, calibration: list[list[int]], rati
         model.cfg.attention_sharing = AttentionSharing(kind="masa-pca", frozen=True, layout=layout)
     return {"layout": layout, "attention_parameters_before": before, "attention_parameters_after": after,
             "reduction": 1.0 - after / before}
+
+
+@torch.no_grad()
+def compress_attention_svd(model: nn.Module, ratio: float, projections=PROJECTIONS) -> dict:
+    """The baseline at the same budget: every layer's projection replaced by its own rank-k SVD,
+    k = ⌊(1 − ratio)·out·in / (out + in)⌋ (so no sharing across layers)."""
+    from pipelines.nn.attention_sharing import AttentionSharing, LowRankLinear
+
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"ratio must be in (0, 1), got {ratio}")
+    ranks, before, after = {}, 0, 0
+    for p in projections:
+        out_features, in_features = getattr(model.blocks[0].attn, f"{p}_proj").weight.shape
+        rank = max(1, math.floor((1.0 - ratio) * out_features * in_features / (out_features + in_features)))
+        ranks[p] = rank
+        for block in model.blocks:
+            weight = getattr(block.attn, f"{p}_proj").weight
+            u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
+            low = LowRankLinear(in_features, out_features, rank).to(weight.dtype)
+            low.up.weight.copy_((u[:, :rank] * s[:rank]).to(weight.dtype))
+            low.down.weight.copy_(vh[:rank].to(weight.dtype))
+            setattr(block.attn, f"{p}_proj", low)
+            before += out_features * in_features
+            after += rank * (out_features + in_features)
+    if hasattr(model, "cfg"):
+        model.cfg.attention_sharing = AttentionSharing(kind="low-rank", rank=max(ranks.values()), layout={"ranks": ranks})
+    return {"ranks": ranks, "attention_parameters_before": before, "attention_parameters_after": after,
+            "reduction": 1.0 - after / before}

@@ -64,3 +64,54 @@ def test_bad_ratio_is_refused():
     model, calibration = model_and_calibration()
     with pytest.raises(ValueError, match="ratio"):
         compress_attention_masa(model, calibration, 1.2)
+
+
+def test_svd_baseline_meets_the_budget_and_reloads(tmp_path):
+    from pipelines.nn.masa_compress import compress_attention_svd
+
+    model, _ = model_and_calibration()
+    ids = torch.randint(0, 64, (1, 9))
+    stats = compress_attention_svd(model, 0.5)
+    assert stats["reduction"] >= 0.5 and attention_parameters(model) == stats["attention_parameters_after"]
+    with torch.no_grad():
+        expected = model(ids)
+    save_decoder(tmp_path / "svd", model)
+    with torch.no_grad():
+        torch.testing.assert_close(load_decoder(tmp_path / "svd")(ids), expected)
+
+
+def test_masa_beats_per_layer_svd_when_layers_share_structure():
+    from pipelines.nn.masa_compress import compress_attention_svd
+
+    ids = torch.randint(0, 64, (2, 16))
+    errors = {}
+    for name in ("masa", "svd"):
+        model, calibration = model_and_calibration()
+        with torch.no_grad():
+            reference = model(ids)
+            if name == "masa":
+                compress_attention_masa(model, calibration, 0.5, n_groups=1)
+            else:
+                compress_attention_svd(model, 0.5)
+            errors[name] = float((model(ids) - reference).pow(2).mean())
+    assert errors["masa"] < errors["svd"]
+
+
+def test_lm_compress_command_writes_a_model_that_generates(tmp_path, capsys):
+    from pipelines.cli import main
+    from pipelines.data.text import TextTokenizer, reference_manual_text
+
+    tokenizer = TextTokenizer.train_bpe([reference_manual_text("train")[:20000]], vocab_size=300)
+    torch.manual_seed(0)
+    model = Decoder(DecoderConfig(vocab_size=tokenizer.vocab_size, dim=48, n_layers=6, n_heads=6, n_kv_heads=2,
+                                  hidden_dim=96, max_seq_len=64))
+    save_decoder(tmp_path / "src", model, tokenizer)
+    main(["lm", "compress", "--method", "masa", "--ratio", "0.3", "--groups", "2", "--ckpt", str(tmp_path / "src"),
+          "--out", str(tmp_path / "masa"), "--calibration_sequences", "4", "--sequence_tokens", "16"])
+    assert "−" in capsys.readouterr().out
+    again = load_decoder(tmp_path / "masa")
+    assert again.cfg.attention_sharing.kind == "masa-pca"
+    main(["lm", "generate", "--model", str(tmp_path / "masa"), "--prompt", "abc", "--raw", "true",
+          "--max_new_tokens", "4"])
+    with pytest.raises(SystemExit):
+        main(["lm", "compress", "--ratio", "0.3", "--ckpt", str(tmp_path / "src"), "--out", str(tmp_path / "masa")])
