@@ -39,6 +39,7 @@ class MatrixDictionary(nn.Module):
                                              nn.Linear(hidden_dim, n_atoms))
         self.register_buffer("frozen_coefficients", None, persistent=True)
         self._weights: torch.Tensor | None = None
+        self._versions: tuple[int, ...] = ()
 
     @property
     def frozen(self) -> bool:
@@ -60,9 +61,12 @@ class MatrixDictionary(nn.Module):
         self.layer_embedding = None
 
     def weights(self) -> torch.Tensor:
-        """All layers' weights [L, out, in], built once per forward (see `reset`)."""
-        if self._weights is None:
+        """All layers' weights [L, out, in], built once per forward (see `reset`) and again whenever a
+        parameter changed in place since (an optimizer step, a load): tensors' version counters tell."""
+        versions = tuple(p._version for p in self.parameters())
+        if self._weights is None or versions != self._versions:
             self._weights = torch.einsum("ls,soi->loi", self.coefficients(), self.atoms)
+            self._versions = versions
         return self._weights
 
     def reset(self) -> None:
@@ -96,6 +100,17 @@ class MASA(nn.Module):
         for d in self.dictionaries.values():
             d.reset()
 
+    def install(self, model: nn.Module) -> None:
+        """Attach to `model`: rebuild the weights at each forward that may train; inference (eval mode,
+        no grad) reuses the built weights until a parameter changes, so decoding a token costs no einsum."""
+        model.masa = self
+
+        def before_forward(module, args):
+            if module.training or torch.is_grad_enabled():
+                self.reset()
+
+        model.register_forward_pre_hook(before_forward)
+
     def freeze(self) -> None:
         for d in self.dictionaries.values():
             d.freeze()
@@ -123,8 +138,7 @@ def apply_masa(model: nn.Module, blocks: list[nn.Module], variant: str = "masa-q
         for layer, block in enumerate(blocks):
             setattr(block.attn, f"{p}_proj", SharedLinear(dictionary, layer))
     masa = MASA(dictionaries)
-    model.masa = masa
-    model.register_forward_pre_hook(lambda module, args: masa.reset())
+    masa.install(model)
     return masa
 
 

@@ -63,8 +63,7 @@ def build_grouped_masa(model: nn.Module, blocks: list[nn.Module], layout: dict) 
                 setattr(blocks[layer].attn, f"{p}_proj",
                         RefinedSharedLinear(dictionary, index, layout["ranks"][p][layer]))
     masa = MASA(dictionaries)
-    model.masa = masa
-    model.register_forward_pre_hook(lambda module, args: masa.reset())
+    masa.install(model)
     return masa
 
 

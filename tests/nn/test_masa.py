@@ -138,3 +138,42 @@ def test_whitened_low_rank_minimises_the_output_error():
     u, s, vh = torch.linalg.svd(delta, full_matrices=False)
     plain = ((delta - (u[:, :4] * s[:4]) @ vh[:4]) @ x.T).norm()
     assert ours < plain, "whitening beats plain SVD on the outputs"
+
+
+def test_inference_reuses_the_built_weights_training_rebuilds_them():
+    model = tiny()
+    apply_masa(model, list(model.blocks), "masa-qkvo", n_atoms=2)
+    ids = torch.randint(0, 64, (1, 6))
+    calls = []
+    original = torch.einsum
+    torch.einsum = lambda *a, **k: calls.append(a[0]) or original(*a, **k)
+    try:
+        model.eval()
+        with torch.no_grad():
+            first = model(ids)
+            model(ids)
+        assert len(calls) == 4, "eval + no_grad: built once"
+        model.train()
+        model(ids)
+        assert len(calls) == 8, "training: rebuilt every forward"
+    finally:
+        torch.einsum = original
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), first)
+
+
+def test_inference_after_an_optimizer_step_sees_the_new_weights():
+    model = tiny()
+    apply_masa(model, list(model.blocks), "masa-qkv", n_atoms=2)
+    ids = torch.randint(0, 64, (1, 6))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.train()
+    model(ids).logsumexp(-1).mean().backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        after_step = model(ids)
+        for d in model.masa.dictionaries.values():
+            d.reset()
+        torch.testing.assert_close(model(ids), after_step)  # no stale weights from before the step
