@@ -23,9 +23,9 @@ from common import RESULTS, write_results  # noqa: E402
 from pipelines.data.text import reference_manual_text  # noqa: E402
 from pipelines.nn.attention_sharing import attention_parameters  # noqa: E402
 from pipelines.nn.checkpoint import load_language_model  # noqa: E402
+from pipelines.nn.decoder import mean_nll_per_token  # noqa: E402
 from pipelines.nn.generate import generate  # noqa: E402
 from pipelines.verbs import lm_compress  # noqa: E402
-from vlm.diffusion import mean_nll_per_token  # noqa: E402
 from vlm.instruct import chat_prompt, grade, make_tasks  # noqa: E402
 
 ROOT = Path("runs/bench/masa")

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, write_results  # noqa: E402
 
 from pipelines.cli import lightning_cli  # noqa: E402
+from pipelines.nn.decoder import mean_nll_per_token  # noqa: E402
 from pipelines.nn.generate import generate  # noqa: E402
 from vlm.decode import block_diffusion_generate  # noqa: E402
-from vlm.diffusion import mean_nll_per_token  # noqa: E402
 from vlm.instruct import chat_prompt, grade, make_tasks, write_selfdistill_data  # noqa: E402
 from vlm.model import load_block_diffusion, load_source  # noqa: E402
 

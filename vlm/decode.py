@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -35,7 +35,6 @@ class BlockDecodeResult:
     denoise_forwards: int = 0
     commit_forwards: int = 0
     seconds: float = 0.0
-    per_prompt_seconds: list[float] = field(default_factory=list)
 
     @property
     def new_tokens(self) -> int:
@@ -76,10 +75,8 @@ def block_diffusion_generate(model: Decoder, prompts: Sequence[Sequence[int]], b
     result = BlockDecodeResult(tokens=[])
     start = time.perf_counter()
     for prompt in prompts:
-        t0 = time.perf_counter()
         result.tokens.append(_decode_one(model, list(prompt), block_size, mask_id, set(stop_ids), max_new_tokens,
                                          threshold, result))
-        result.per_prompt_seconds.append(time.perf_counter() - t0)
     result.seconds = time.perf_counter() - start
     return result
 

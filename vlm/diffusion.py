@@ -16,7 +16,6 @@ Two departures from a literal 2L copy, both loss-identical (tested):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,6 +60,16 @@ def stratified_block_times(n_blocks: int, generator: torch.Generator | None = No
     u = torch.rand(n_blocks, generator=generator).clamp(min=min_rate)
     t = (u + torch.arange(n_blocks)) / n_blocks
     return t[torch.randperm(n_blocks, generator=generator)].clamp(min_rate, 1.0)
+
+
+def _padded_response(response: torch.Tensor, block_size: int, eos_id: int, generator: torch.Generator | None,
+                     min_mask_rate: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(response padded with EOS to a multiple of B, each token's block index, each token's mask ratio)."""
+    r0 = len(response)
+    r = padded_length(r0, block_size)
+    padded = torch.cat([response, torch.full((r - r0,), eos_id)])
+    local = torch.arange(r) // block_size
+    return padded, local, stratified_block_times(r // block_size, generator, min_mask_rate)[local]
 
 
 @dataclass
@@ -112,14 +121,10 @@ def nbdiff_batch(samples: Sequence[tuple[Sequence[int], Sequence[int]]], block_s
         prompt, response = torch.as_tensor(list(prompt)), torch.as_tensor(list(response))
         if len(prompt) == 0 or len(response) == 0:
             raise ValueError("every sample needs a prompt (or a document-start token) and a response")
-        p, r0 = len(prompt), len(response)
-        r = padded_length(r0, block_size)
-        resp = torch.cat([response, torch.full((r - r0,), eos_id)])
+        resp, local, t = _padded_response(response, block_size, eos_id, generator, min_mask_rate)
+        p, r = len(prompt), len(resp)
         pad_w = torch.ones(r)
-        pad_w[r0:] = padding_weight
-        n_blocks = r // block_size
-        local = torch.arange(r) // block_size
-        t = stratified_block_times(n_blocks, generator, min_mask_rate)[local]
+        pad_w[len(response):] = padding_weight
         first = torch.arange(r) % block_size == 0
         masked = (torch.rand(r, generator=generator) <= t) & ~first
         noisy = torch.where(masked, torch.full_like(resp, mask_id), resp)
@@ -152,11 +157,8 @@ def naive_transplant_batch(samples: Sequence[tuple[Sequence[int], Sequence[int]]
     rows = []
     for prompt, response in samples:
         prompt, response = torch.as_tensor(list(prompt)), torch.as_tensor(list(response))
-        p, r0 = len(prompt), len(response)
-        r = padded_length(r0, block_size)
-        resp = torch.cat([response, torch.full((r - r0,), eos_id)])
-        local = torch.arange(r) // block_size
-        t = stratified_block_times(r // block_size, generator, min_mask_rate)[local]
+        resp, _, t = _padded_response(response, block_size, eos_id, generator, min_mask_rate)
+        p, r = len(prompt), len(resp)
         masked = torch.rand(r, generator=generator) <= t
         ids = torch.cat([prompt, torch.where(masked, torch.full_like(resp, mask_id), resp)])
         mdm_t = torch.full((p + r,), IGNORE, dtype=torch.long)
@@ -193,15 +195,3 @@ def diffusion_loss(model: torch.nn.Module, batch: DiffusionBatch, ar_weight: flo
     ar = weighted_token_loss(hidden, model.lm_head, batch.ar_targets, batch.ar_weights)
     total = mdm + ar_weight * ar if ar_weight else mdm
     return total, {"mdm": mdm.detach(), "ar": ar.detach()}
-
-
-def mean_nll_per_token(model: torch.nn.Module, sequences: Sequence[Sequence[int]]) -> float:
-    """Causal next-token NLL (nats/token) of plain sequences: the clean stream's real-text quality."""
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for seq in sequences:
-            ids = torch.as_tensor(list(seq))[None].to(model.embed.weight.device)
-            logits = model(ids[:, :-1]).float()
-            total += float(F.cross_entropy(logits[0], ids[0, 1:], reduction="sum"))
-            count += ids.shape[1] - 1
-    return total / max(count, 1) if count else math.nan

@@ -7,7 +7,8 @@ causal default, and a KV cache that appends whole blocks and can roll back uncom
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -128,3 +129,15 @@ class Decoder(nn.Module):
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def mean_nll_per_token(model: Decoder, sequences: Sequence[Sequence[int]]) -> float:
+    """Causal next-token NLL (nats/token) of plain token sequences, e.g. held-out real text."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for seq in sequences:
+            ids = torch.as_tensor(list(seq))[None].to(model.embed.weight.device)
+            logits = model(ids[:, :-1]).float()
+            total += float(torch.nn.functional.cross_entropy(logits[0], ids[0, 1:], reduction="sum"))
+            count += ids.shape[1] - 1
+    return total / max(count, 1) if count else math.nan

@@ -83,3 +83,16 @@ def test_prompt_longer_than_context_is_refused(model):
         generate(model, [[1] * 250], max_new_tokens=10)
     with pytest.raises(ValueError, match="context"):
         model(torch.zeros(1, 300, dtype=torch.long))
+
+
+def test_mean_nll_per_token_pools_tokens_over_sequences():
+    import torch.nn.functional as F
+
+    from pipelines.nn.decoder import mean_nll_per_token
+
+    torch.manual_seed(0)
+    model = Decoder(DecoderConfig.tiny(vocab_size=32)).eval()
+    seqs = [[1, 5, 9, 3], [2, 7]]
+    with torch.no_grad():
+        losses = [F.cross_entropy(model(torch.tensor([s[:-1]]))[0], torch.tensor(s[1:]), reduction="sum") for s in seqs]
+    assert mean_nll_per_token(model, seqs) == pytest.approx(float(sum(losses)) / 4, rel=1e-6)
