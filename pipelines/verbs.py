@@ -48,6 +48,28 @@ def synth_shapes(out: Path = Path("runs/data/shapes"), n_train: int = 400, n_val
     print(f"wrote {n_train} train and {n_val} val images to {out}")
 
 
+def data_text(out: Path = Path("runs/data/text"), vocab_size: int = 4096, train_file: Path | None = None,
+              val_file: Path | None = None, overwrite: bool = False) -> dict:
+    """Write a text corpus for training a language model from scratch (text + a BPE trained on it).
+
+    Args:
+        out: Destination folder (train.txt, val.txt, tokenizer.json, tokenizer_config.json).
+        vocab_size: Size of the byte-level BPE vocabulary trained on the train text.
+        train_file: Your own training text (UTF-8); default: real English bundled with Python and
+            the installed packages (reference-manual topics, docstrings of the standard library,
+            numpy, torch, matplotlib, pandas, sympy; about 16 MB).
+        val_file: Your own validation text; required with --train_file.
+        overwrite: Allow writing into a folder that already has files.
+    """
+    from pipelines.data.text_corpus import write_text_corpus
+
+    refuse_nonempty(out, overwrite)
+    sizes = write_text_corpus(out, vocab_size=vocab_size, train_file=train_file, val_file=val_file)
+    print(f"wrote {out}: {sizes['train_tokens']:,} train / {sizes['val_tokens']:,} val tokens "
+          f"(BPE vocabulary {sizes['vocab_size']})")
+    return sizes
+
+
 def demo(out: Path = Path("runs/demo"), stages: list[str] | None = None) -> None:
     """Run every pipeline end to end at tiny scale and write <out>/REPORT.md.
 
@@ -182,7 +204,7 @@ def refuse_nonempty(folder: Path, overwrite: bool) -> None:
 
 
 def core_verbs() -> dict[str, Callable]:
-    return {"data synth shapes": synth_shapes, "demo": demo, "lm generate": lm_generate, "ray fit": ray_fit,
+    return {"data synth shapes": synth_shapes, "data text": data_text, "demo": demo, "lm generate": lm_generate, "ray fit": ray_fit,
             "compress lossless": compress_lossless, "lm compress": lm_compress}
 
 

@@ -29,3 +29,18 @@ def chat_text_root(tmp_path_factory):
         (root / f"{split}.json").write_text(json.dumps(items))
         (root / f"text_{split}.txt").write_text(reference_manual_text(split)[:4000])
     return root
+
+
+@pytest.fixture(scope="session")
+def text_corpus_root(tmp_path_factory):
+    """A `pipelines data text` folder over a slice of real text, with a 300-token BPE."""
+    from pipelines.data.text import reference_manual_text
+    from pipelines.data.text_corpus import write_text_corpus
+
+    source = tmp_path_factory.mktemp("data")
+    text = reference_manual_text("heldout")
+    (source / "train.txt").write_text(text[:40_000])
+    (source / "val.txt").write_text(text[40_000:50_000])
+    root = source / "corpus"
+    write_text_corpus(root, vocab_size=300, train_file=source / "train.txt", val_file=source / "val.txt")
+    return root

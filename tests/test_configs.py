@@ -18,6 +18,9 @@ def fake_data_overrides(config: str, request) -> list[str]:
         # The real-model config keeps its SmolLM2 source: one batch of 135M is a few seconds.
         return ["--data.init_args.root", str(request.getfixturevalue("chat_text_root")),
                 "--data.init_args.batch_size", "2"]
+    if config.startswith("configs/lm/"):
+        return ["--data.init_args.root", str(request.getfixturevalue("text_corpus_root")),
+                "--model.init_args.decoder.vocab_size", "300", "--data.init_args.batch_size", "2"]
     pytest.fail(f"{config} has no fake-data entry in tests/test_configs.py")
 
 

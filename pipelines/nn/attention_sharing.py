@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -123,3 +124,32 @@ def freeze_masa(model: nn.Module) -> None:
         raise ValueError("the model has no MASA dictionaries to freeze")
     masa.freeze()
     model.cfg.attention_sharing.frozen = True
+
+
+@torch.no_grad()
+def match_attention_init(blocks: list[nn.Module], std: float) -> None:
+    """Rescale every attention projection so that the weight a layer actually applies has standard
+    deviation `std` at initialisation, whatever its parametrisation.
+
+    Without this, variants trained from scratch start at different scales (a rank-r product of two
+    N(0, σ²) factors has std √r·σ², a MASA layer's std depends on its predicted coefficients), and a
+    short run then measures that difference instead of the parametrisation.
+    """
+    from pipelines.nn.masa import SharedLinear
+
+    dictionaries = {}
+    for block in blocks:
+        for p in ("q", "k", "v", "o"):
+            proj = getattr(block.attn, f"{p}_proj")
+            if isinstance(proj, SharedLinear):
+                dictionaries[id(proj.dictionary)] = proj.dictionary
+            elif isinstance(proj, LowRankLinear):
+                factor = (std / float((proj.up.weight @ proj.down.weight).std())) ** 0.5
+                proj.up.weight.mul_(factor)
+                proj.down.weight.mul_(factor)
+            elif isinstance(proj, nn.Linear):
+                proj.weight.mul_(std / float(proj.weight.std()))
+            # TiedLinear: the layer it points to is rescaled once, as itself
+    for dictionary in dictionaries.values():
+        dictionary.atoms.mul_(std / float(dictionary.weights().std()))
+        dictionary.reset()
