@@ -61,18 +61,22 @@ def slug(name: str) -> str:
 
 # --- from scratch -------------------------------------------------------------------------------
 
-def train_variant(name: str, corpus: Path, steps: int) -> dict:
+def scratch_folder(seed: int) -> Path:
+    return ROOT / "scratch" if seed == 0 else ROOT / "scratch" / f"seed{seed}"
+
+
+def train_variant(name: str, corpus: Path, steps: int, seed: int = 0) -> dict:
     from pipelines.cli import lightning_cli
 
-    cached = ROOT / "scratch" / f"{slug(name)}.json"
+    cached = scratch_folder(seed) / f"{slug(name)}.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    run = ROOT / "scratch" / slug(name)
+    run = scratch_folder(seed) / slug(name)
     shutil.rmtree(run, ignore_errors=True)  # an interrupted variant starts over
     print(f"== {name}: training {steps} steps", flush=True)
     start = time.perf_counter()
     cli = lightning_cli(["fit", "--config", CONFIG, *VARIANTS[name], "--data.init_args.root", str(corpus),
-                         "--trainer.max_steps", str(steps), "--runs_dir", str(run.parent), "--name", run.name])
+                         "--trainer.max_steps", str(steps), "--seed_everything", str(seed), "--runs_dir", str(run.parent), "--name", run.name])
     metrics = list(csv.DictReader((run / "metrics.csv").open()))
     speed = [float(m["train/tokens_per_second"]) for m in metrics if m.get("train/tokens_per_second")]
     model = load_decoder(run / "model")  # as exported: MASA coefficients frozen
@@ -89,17 +93,18 @@ def train_variant(name: str, corpus: Path, steps: int) -> dict:
     return result
 
 
-def run_scratch(steps: int) -> None:
+def run_scratch(steps: int, seed: int = 0, variants: list[str] | None = None) -> None:
     from pipelines.data.text_corpus import write_text_corpus
 
     corpus = ROOT / "corpus"
     if not (corpus / "tokenizer.json").exists():
         print(f"corpus: {write_text_corpus(corpus, vocab_size=4096)}", flush=True)
-    for name in VARIANTS:
-        r = train_variant(name, corpus, steps)
+    for name in variants or VARIANTS:
+        r = train_variant(name, corpus, steps, seed)
         print(f"{name}: val ppl {r['val_ppl']:.2f}, attention {r['attention_parameters'] / 1e6:.2f}M, "
               f"{r['tokens_per_second']:.0f} tok/s", flush=True)
-    print(f"training throughput (tokens/s): {training_throughput()}", flush=True)
+    if seed == 0:
+        print(f"training throughput (tokens/s): {training_throughput()}", flush=True)
 
 
 def training_throughput(rounds: int = 4, steps: int = 3) -> dict:
@@ -136,10 +141,10 @@ def training_throughput(rounds: int = 4, steps: int = 3) -> dict:
     return result
 
 
-def cached_scratch() -> dict:
+def cached_scratch(seed: int = 0) -> dict:
     rows = {}
     for name in VARIANTS:
-        path = ROOT / "scratch" / f"{slug(name)}.json"
+        path = scratch_folder(seed) / f"{slug(name)}.json"
         if path.exists():
             rows[name] = json.loads(path.read_text())
     return rows
@@ -199,8 +204,9 @@ def pretrained_label(name: str) -> str:
 
 
 def cached_pretrained() -> dict:
-    folder = ROOT / "pretrained"
-    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
+    names = ["original"] + [f"{m}_{r}" for r in PRETRAINED_RATIOS for m in ("masa", "svd")]
+    paths = {name: ROOT / "pretrained" / f"{name}.json" for name in names}
+    return {name: json.loads(path.read_text()) for name, path in paths.items() if path.exists()}
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -226,6 +232,16 @@ def report() -> None:
         targets.append({"name": "from scratch: MASA-QKVO perplexity / vanilla perplexity",
                         "value": round(ratio, 4), "target": "<= 1.03", "met": ratio <= 1.03,
                         "attention_reduction": round(1 - masa["attention_parameters"] / vanilla["attention_parameters"], 4)})
+    other_seeds = {}
+    for folder in sorted((ROOT / "scratch").glob("seed*")):
+        seed = int(folder.name[4:])
+        rows = cached_scratch(seed)
+        if rows:
+            other_seeds[seed] = rows
+            shown = ", ".join(f"{n} {r['val_ppl']:.2f}" + (f" ({r['val_ppl'] / rows['vanilla']['val_ppl']:.3f}×)"
+                                                          if "vanilla" in rows and n != "vanilla" else "")
+                              for n, r in rows.items())
+            lines += [f"Seed {seed} (the same runs from another initialisation, same data order): {shown}.", ""]
     throughput_path = ROOT / "scratch" / "throughput.json"
     if throughput_path.exists():
         speed = json.loads(throughput_path.read_text())
@@ -267,7 +283,8 @@ def report() -> None:
         targets.append({"name": f"{name}: task-accuracy drop from the original, MASA vs SVD", "value": drops,
                         "target": "MASA < SVD", "met": drops[0] < drops[1]})
     table = "\n".join(lines)
-    write_results("masa", {"scratch": scratch, "pretrained": pretrained, "low_rank": LOW_RANK}, targets, table)
+    write_results("masa", {"scratch": scratch, "scratch_other_seeds": other_seeds, "pretrained": pretrained,
+                           "low_rank": LOW_RANK}, targets, table)
     plot(scratch, pretrained, RESULTS / "masa.png")
     print(table)
 
@@ -304,11 +321,13 @@ def main() -> None:
     parser.add_argument("--part", choices=("scratch", "pretrained", "report"), default="report",
                         help="what to run before reporting (report only: rewrite results from the cache)")
     parser.add_argument("--steps", type=int, default=450, help="training steps per from-scratch variant")
+    parser.add_argument("--seed", type=int, default=0, help="from scratch: another seed (cached separately)")
+    parser.add_argument("--variants", help="from scratch: a comma-separated subset, e.g. vanilla,MASA-QKVO")
     parser.add_argument("--prompts", type=int, default=30, help="held-out checkable prompts (pretrained part)")
     parser.add_argument("--text-chunks", type=int, default=16, help="held-out real-text chunks of 128 tokens")
     args = parser.parse_args()
     if args.part == "scratch":
-        run_scratch(args.steps)
+        run_scratch(args.steps, args.seed, args.variants.split(",") if args.variants else None)
     elif args.part == "pretrained":
         run_pretrained(args.prompts, args.text_chunks)
     report()
