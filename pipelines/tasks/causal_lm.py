@@ -18,7 +18,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from pipelines.nn.attention_sharing import attention_parameters, freeze_masa, match_attention_init
+from pipelines.nn.attention_sharing import freeze_masa, match_attention_init
 from pipelines.nn.checkpoint import save_decoder
 from pipelines.nn.decoder import Decoder, DecoderConfig
 
@@ -41,22 +41,31 @@ class CausalLM(L.LightningModule):
         self.save_hyperparameters()
         self.model = Decoder(decoder)
         self.init_from_scratch(init_std)
+        self._step_start: float | None = None
+        self._val_nll, self._val_tokens = 0.0, 0
 
     @torch.no_grad()
     def init_from_scratch(self, std: float) -> None:
         """Llama's from-scratch init: every linear and the (tied) embedding N(0, std²). The default
         nn.Embedding N(0, 1) would give a tied head initial logits of std √d. Attention projections are
         then rescaled so each layer's applied weight has that std under every parametrisation."""
-        for module in self.model.modules():
-            if isinstance(module, torch.nn.Linear | torch.nn.Embedding):
-                torch.nn.init.normal_(module.weight, std=std)
         masa = getattr(self.model, "masa", None)
+        coefficient_mlps = set() if masa is None else {id(m) for m in masa.modules()}
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.Linear | torch.nn.Embedding) and id(module) not in coefficient_mlps:
+                torch.nn.init.normal_(module.weight, std=std)
         if masa is not None:
+            # Coefficients of RMS 1/√S and atoms at a dense weight's scale: then W_l = Σ c·D has std
+            # ≈ std, and Adam's fixed-size steps move atoms as fast (relatively) as dense weights.
+            # (Small predicted coefficients would instead leave large atoms that barely move.)
             for dictionary in masa.dictionaries.values():
                 torch.nn.init.normal_(dictionary.atoms, std=std)
+                last = dictionary.coefficient_mlp[-1]
+                scale = dictionary.n_atoms**-0.5 / float(dictionary.coefficients().pow(2).mean().sqrt())
+                last.weight.mul_(scale)
+                last.bias.mul_(scale)
+                dictionary.reset()
         match_attention_init(list(self.model.blocks), std)
-        self._step_start: float | None = None
-        self._val_nll, self._val_tokens = 0.0, 0
 
     def setup(self, stage: str) -> None:
         # The vocabulary is written twice (tokenizer and config): catch a mismatch before training.
@@ -116,9 +125,6 @@ class CausalLM(L.LightningModule):
         if sharing is not None and sharing.kind.startswith("masa-") and not sharing.frozen:
             freeze_masa(model)
         return save_decoder(folder, model, tokenizer, overwrite=True)
-
-    def attention_parameters(self) -> int:
-        return attention_parameters(self.model)
 
     def configure_optimizers(self):
         decay, no_decay = [], []

@@ -86,9 +86,16 @@ def test_every_parametrisation_starts_at_the_same_weight_scale(kind):
     cfg = DecoderConfig(vocab_size=300, dim=32, n_layers=6, n_heads=4, n_kv_heads=2, hidden_dim=64,
                         max_seq_len=64, attention_sharing=sharing)
     module = CausalLM(cfg, init_std=0.02)
-    for block in module.model.blocks:
-        for p in ("q", "k", "v", "o"):
+    for p in ("q", "k", "v", "o"):
+        stds = []
+        for block in module.model.blocks:
             proj = getattr(block.attn, f"{p}_proj")
             weight = proj.up.weight @ proj.down.weight if hasattr(proj, "up") else proj.weight
-            assert float(weight.detach().std()) == pytest.approx(0.02, rel=0.35), (kind, p)
+            stds.append(float(weight.detach().std()))
+        rms = (sum(x * x for x in stds) / len(stds)) ** 0.5
+        assert rms == pytest.approx(0.02, rel=0.1), (kind, p)
+        # (MASA layers vary around it: each mixes the atoms by its own MLP-predicted coefficients.)
     assert float(module.model.embed.weight.std()) == pytest.approx(0.02, rel=0.05)
+    if kind.startswith("masa"):  # atoms at a dense weight's scale, so Adam moves them at its pace
+        for dictionary in module.model.masa.dictionaries.values():
+            assert float(dictionary.atoms.detach().std()) == pytest.approx(0.02, rel=0.2)
