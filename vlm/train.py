@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from pipelines.tasks.optim import adamw_with_decay_groups
 from vlm.diffusion import diffusion_loss, naive_transplant_batch, nbdiff_batch
 from vlm.model import add_mask_token, load_source, save_block_diffusion
 
@@ -123,12 +124,7 @@ class BlockDiffusionLM(L.LightningModule):
                                     overwrite=True)
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            (no_decay if param.ndim < 2 or "embed" in name else decay).append(param)
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}],
-                                      lr=self.hparams.lr, betas=(0.9, 0.95))
+        optimizer = adamw_with_decay_groups(self.model, self.hparams.lr, self.hparams.weight_decay, betas=(0.9, 0.95))
         warmup = max(1, self.hparams.warmup_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from pipelines.nn.attention_sharing import freeze_masa, match_attention_init
 from pipelines.nn.checkpoint import save_decoder
 from pipelines.nn.decoder import Decoder, DecoderConfig
+from pipelines.tasks.optim import adamw_with_decay_groups
 
 
 class CausalLM(L.LightningModule):
@@ -127,12 +128,7 @@ class CausalLM(L.LightningModule):
         return save_decoder(folder, model, tokenizer, overwrite=True)
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            (no_decay if param.ndim < 2 or "embed" in name else decay).append(param)
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}],
-                                      lr=self.hparams.lr, betas=(0.9, 0.999))
+        optimizer = adamw_with_decay_groups(self.model, self.hparams.lr, self.hparams.weight_decay, betas=(0.9, 0.999))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, int(self.hparams.warmup_fraction * total))
         floor = self.hparams.min_lr_fraction
